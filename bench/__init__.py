@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``). Each prints its figure beside the baseline it is compared with."""

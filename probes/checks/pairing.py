@@ -1,0 +1,103 @@
+"""Who tests whom, and when: a round-robin pairing schedule for exclusive bandwidth tests.
+
+perfSONAR's rule is that a host takes part in one throughput test at a time: two tests sharing
+a host's link measure each other, not the path. A round-robin tournament gives exactly that.
+With the circle method, ``n`` members (plus an idle "bye" when ``n`` is odd) sit in a circle;
+the first stays put, the others move one seat per round, and round ``r`` pairs seat ``i`` with
+seat ``n-1-i``. After ``n-1`` rounds every pair has met exactly once and no member ever plays
+twice in one round, so the tests of one round (a *slot*) can all run at the same time.
+
+A test of a pair measures both directions (the first member of a pair downloads from and
+uploads to the second), so one pass of the schedule covers every ordered pair exactly once.
+Which member of a pair runs the test is chosen so that every member runs half of its tests
+(rounded), and the choice is swapped every other interval.
+
+Nothing here imports Django: ``probes.bandwidth_services`` turns the slots into tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# A slot holds a download and an upload of the configured duration, plus this much for the
+# connections, the upload's report, storing the results and a late start.
+SLOT_MARGIN_S = 5.0
+
+
+def slot_seconds(duration_s: float) -> float:
+    """How long one slot of tests lasts: both directions of one test, and the margin."""
+    return 2 * duration_s + SLOT_MARGIN_S
+
+
+@dataclass(frozen=True)
+class Slot(Generic[T]):
+    """One round of the schedule, placed in the interval: its tests start ``offset_s`` in."""
+
+    index: int
+    offset_s: float
+    pairs: tuple[tuple[T, T], ...]  # (source, target): the source runs the test
+
+
+def round_robin(
+    members: Sequence[T], allowed: Callable[[T, T], bool] | None = None, flip: bool = False
+) -> list[tuple[tuple[T, T], ...]]:
+    """Rounds of disjoint pairs covering every allowed pair of ``members`` exactly once.
+
+    ``allowed(a, b)`` leaves a pair out (for example two members of one location); a round left
+    without pairs is dropped. ``flip`` swaps the order of every pair (used on odd intervals, so
+    the member that ran a pair's test last time is the target this time).
+    """
+    count = len(members)
+    seats: list[int | None] = list(range(count))
+    if count % 2:
+        seats.append(None)  # the bye: whoever sits opposite has no test this round
+    n = len(seats)
+    odd = n - 1 if count % 2 else n + 1  # an odd circle for orienting pairs (the bye included)
+    rounds: list[tuple[tuple[T, T], ...]] = []
+    for _ in range(n - 1):
+        pairs = []
+        for i in range(n // 2):
+            a, b = seats[i], seats[n - 1 - i]
+            if a is None or b is None:
+                continue
+            # a runs the test when b is less than half way round the circle from it: every
+            # member runs half of its tests (rounded), and ``flip`` hands them to the other side.
+            if ((b - a) % odd <= odd // 2) == flip:
+                a, b = b, a
+            if allowed is None or allowed(members[a], members[b]):
+                pairs.append((members[a], members[b]))
+        if pairs:
+            rounds.append(tuple(pairs))
+        seats = [seats[0], seats[-1], *seats[1:-1]]  # everyone but the first moves one seat
+    return rounds
+
+
+def plan_slots(
+    members: Sequence[T],
+    interval_s: float,
+    slot_s: float,
+    cycle: int = 0,
+    allowed: Callable[[T, T], bool] | None = None,
+) -> tuple[list[Slot[T]], int]:
+    """The slots of interval number ``cycle``, spread evenly across it; and the rounds in all.
+
+    When every round fits (rounds x ``slot_s`` <= ``interval_s``) each interval runs the whole
+    schedule, its slots ``interval_s / rounds`` apart. Otherwise each interval runs as many
+    rounds as fit and the next interval goes on where this one stopped, so a full cycle takes
+    ``ceil(rounds / fitting)`` intervals and no slot is ever shorter than ``slot_s``.
+    """
+    rounds = round_robin(members, allowed, flip=bool(cycle % 2))
+    if not rounds:
+        return [], 0
+    fitting = max(1, int(interval_s // slot_s))
+    if len(rounds) <= fitting:
+        chosen = rounds
+    else:
+        first = (cycle * fitting) % len(rounds)
+        chosen = [rounds[(first + k) % len(rounds)] for k in range(fitting)]
+    spacing = interval_s / len(chosen)
+    return [Slot(k, k * spacing, pairs) for k, pairs in enumerate(chosen)], len(rounds)

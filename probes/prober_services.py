@@ -1,0 +1,334 @@
+"""The 1 Hz prober's database side: its targets, its sink, and the SLA reports.
+
+The loop itself (``probes.prober``) knows nothing of Django; ``run_prober`` wires it to these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import Q
+
+from probes import partitions
+from probes.checks.http import StatusRange
+from probes.models import ProberSample, ProberTarget
+from probes.prober import sla
+from probes.prober.loop import Target
+from probes.prober.spool import Row
+from probes.prober.writer import RejectedRowsError
+
+_COLUMNS = (
+    "ts",
+    "probe_id",
+    "location",
+    "source",
+    "target_id",
+    "ok",
+    "disconnected",
+    "status",
+    "error_class",
+    "error",
+    "dns_ms",
+    "connect_ms",
+    "tls_ms",
+    "ttfb_ms",
+    "total_ms",
+)
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
+_TABLE = ProberSample._meta.db_table
+_SQL_COPY = f'COPY "{_TABLE}" ({_COLUMN_LIST}) FROM STDIN'
+# The slow path, for a batch of which some rows are stored already (a replay after a sink call
+# that was abandoned as stuck but did commit): the unique key skips those.
+_SQL_TEMP = f'CREATE TEMPORARY TABLE prober_batch (LIKE "{_TABLE}" INCLUDING DEFAULTS) ON COMMIT DROP'
+_SQL_COPY_TEMP = f"COPY prober_batch ({_COLUMN_LIST}) FROM STDIN"
+_SQL_INSERT = (
+    f'INSERT INTO "{_TABLE}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM prober_batch '  # noqa: S608
+    "ON CONFLICT (location, source, probe_id, ts) DO NOTHING"
+)
+_PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
+
+
+def statuses(expected: str) -> frozenset[int]:
+    spans = StatusRange.parse(expected).spans
+    return frozenset(code for low, high in spans for code in range(low, high + 1))
+
+
+def targets_for(location: str) -> list[Target]:
+    """Enabled targets of ``location`` (targets with no location run everywhere)."""
+    rows = (
+        ProberTarget.objects.filter(enabled=True)
+        .filter(Q(locations__name=location) | Q(locations__isnull=True))
+        .distinct()
+        .order_by("pk")
+    )
+    return [
+        Target(
+            source=t.url,
+            url=t.url,
+            timeout=t.timeout_s,
+            ok_statuses=statuses(t.expected_status),
+            follow_redirects=t.follow_redirects,
+            verify_tls=t.verify_tls,
+            target_id=t.pk,
+        )
+        for t in rows
+    ]
+
+
+def _copy_value(value: object) -> str:
+    if value is None:
+        return r"\N"
+    kind = type(value)
+    if kind is float or kind is int:  # most values: phases, ids (bool is not int here)
+        return str(value)
+    if kind is bool:
+        return "t" if value else "f"
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def copy_data(location: str, rows: Sequence[Row]) -> str:
+    """The rows in COPY's text format, columns in ``_COLUMNS`` order.
+
+    Replaying a spool formats hundreds of thousands of rows: the timestamp of a tick is formatted
+    once for all its sources, and the location once for the batch.
+    """
+    loc = _copy_value(location)
+    stamps: dict[object, str] = {}
+    lines = []
+    for row in rows:
+        ts = row["ts"]
+        stamp = stamps.get(ts)
+        if stamp is None:
+            stamp = stamps[ts] = datetime.fromtimestamp(float(ts), tz=UTC).isoformat()  # type: ignore[arg-type]
+        values = [
+            stamp,
+            str(row["probe_id"]),
+            loc,
+            _copy_value(row["source"]),
+            _copy_value(row.get("target_id")),
+            _copy_value(row["ok"]),
+            _copy_value(row["disconnected"]),
+            _copy_value(row.get("status")),
+            _copy_value(row.get("error_class") or ""),
+            _copy_value(row.get("error") or ""),
+        ]
+        values += [_copy_value(row.get(name)) for name in _PHASES]
+        lines.append("\t".join(values))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def make_sink(location: str) -> Callable[[Sequence[Row]], None]:
+    """The writer's sink: one COPY per batch (one transaction), idempotent.
+
+    The writer calls it on a new short-lived thread each time, so Django's per-thread
+    connection would mean a new PostgreSQL connection (and password exchange) per flush, and
+    per replayed chunk after an outage. The sink keeps one connection of its own instead, used
+    by one call at a time (the writer never overlaps calls; the lock makes sure) and dropped
+    when it fails, so the next call reconnects. A database that is down raises (the writer
+    spools and retries); rows the database can never take raise ``RejectedRowsError`` (the
+    writer quarantines them); rows of a day without a partition create it.
+    """
+    # A wrapper of our own, never registered in ``connections``: only its parameters are used.
+    wrapper = connections.create_connection(DEFAULT_DB_ALIAS)
+    params = wrapper.get_connection_params()
+    lock = threading.Lock()
+    held: list[Any] = []  # the open psycopg2 connection, if any
+
+    def connect() -> Any:
+        if held and not held[0].closed:
+            return held[0]
+        held[:] = [wrapper.get_new_connection(params)]
+        return held[0]
+
+    def sink(rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        data = copy_data(location, rows)
+        with lock:
+            try:
+                try:
+                    _insert(connect(), data)
+                except psycopg2.IntegrityError as exc:
+                    # PostgreSQL reports a row outside every partition as a check violation.
+                    if "no partition" not in str(exc):
+                        raise
+                    _create_partitions(rows)
+                    _insert(connect(), data)
+            except (psycopg2.IntegrityError, psycopg2.DataError) as exc:
+                raise RejectedRowsError(str(exc).strip()) from exc
+            except Exception:
+                _drop(held)  # do not reuse a connection that failed half-way
+                raise
+
+    return sink
+
+
+def _insert(conn: Any, data: str) -> None:
+    """COPY the batch straight into the table; if any row of it is stored already, insert it
+    again through a temporary table with ON CONFLICT DO NOTHING (about half as fast)."""
+    try:
+        _transaction(conn, lambda cursor: cursor.copy_expert(_SQL_COPY, io.StringIO(data)))
+    except psycopg2.errors.UniqueViolation:
+        _transaction(conn, lambda cursor: _insert_missing(cursor, data))
+
+
+def _insert_missing(cursor: Any, data: str) -> None:
+    cursor.execute(_SQL_TEMP)
+    cursor.execute("ALTER TABLE prober_batch DROP COLUMN id")
+    cursor.copy_expert(_SQL_COPY_TEMP, io.StringIO(data))
+    cursor.execute(_SQL_INSERT)
+
+
+def _transaction(conn: Any, work: Callable[[Any], None]) -> None:
+    try:
+        with conn.cursor() as cursor:
+            work(cursor)
+        conn.commit()
+    except Exception:
+        if not conn.closed:
+            conn.rollback()
+        raise
+
+
+def _create_partitions(rows: Sequence[Row]) -> None:
+    days = {datetime.fromtimestamp(float(r["ts"]), tz=UTC).date() for r in rows}  # type: ignore[arg-type]
+    try:
+        for day in days:
+            partitions.ensure(_TABLE, day, day)
+    finally:
+        connection.close()  # this thread's Django connection: the thread is about to end
+
+
+def _drop(held: list[Any]) -> None:
+    for conn in held:
+        with contextlib.suppress(Exception):
+            conn.close()
+    held.clear()
+
+
+# --- SLA ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlaScope:
+    start: datetime
+    end: datetime
+    location: str | None = None
+    source: str | None = None
+    group: str | None = None
+
+
+def _scope_sql(scope: SlaScope) -> tuple[str, list[Any]]:
+    where = ["ts >= %s", "ts < %s"]
+    params: list[Any] = [scope.start, scope.end]
+    if scope.location:
+        where.append("location = %s")
+        params.append(scope.location)
+    if scope.source:
+        where.append("source = %s")
+        params.append(scope.source)
+    if scope.group is not None:
+        where.append(f'target_id IN (SELECT id FROM "{ProberTarget._meta.db_table}" WHERE "group" = %s)')  # noqa: S608
+        params.append(scope.group)
+    return " AND ".join(where), params
+
+
+def sla_report(scope: SlaScope, *, merge_unknown_gap: int = 0) -> dict[str, Any]:
+    """Uptime, downtime events, per-source availability and phase percentiles of a time range.
+
+    A second is up when any source succeeded, down when every source that has a sample failed,
+    unknown without samples: unknown never counts as up (see docs/prober.md). The database
+    aggregates per second and per source; Python only walks the per-second counts.
+    """
+    # Whole seconds: a second is in the range only if all of it is, so a range starting at
+    # 12:00:00.5 begins with the second 12:00:01 (and an unmeasurable half second is not unknown).
+    start, end = math.ceil(scope.start.timestamp()), math.floor(scope.end.timestamp())
+    end = max(start, end)
+    scope = replace(scope, start=datetime.fromtimestamp(start, tz=UTC), end=datetime.fromtimestamp(end, tz=UTC))
+    where, params = _scope_sql(scope)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT floor(extract(epoch FROM ts))::bigint, count(*) FILTER (WHERE ok), count(*) "  # noqa: S608
+            f'FROM "{_TABLE}" WHERE {where} GROUP BY 1 ORDER BY 1',
+            params,
+        )
+        per_second = [sla.SecondCounts(int(t), int(ok), int(n) - int(ok)) for t, ok, n in cursor.fetchall()]
+        cursor.execute(
+            f"SELECT source, count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok) "  # noqa: S608
+            f'FROM "{_TABLE}" WHERE {where} GROUP BY 1 ORDER BY 1',
+            params,
+        )
+        per_source = [sla.SourceCounts(s, int(ok), int(bad)) for s, ok, bad in cursor.fetchall()]
+        cursor.execute(
+            "SELECT percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY dns_ms), "  # noqa: S608
+            "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY connect_ms), "
+            "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY tls_ms), "
+            "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ttfb_ms), "
+            "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms), count(*) "
+            f'FROM "{_TABLE}" WHERE {where} AND ok',
+            params,
+        )
+        phases = cursor.fetchone()
+    timeline = sla.timeline(start, end, per_second)
+    up = sla.uptime(timeline)
+    events = sla.downtime_events(timeline, merge_unknown_gap=merge_unknown_gap)
+    samples = sum(s.ok + s.failed for s in per_source)
+    failed = sum(s.failed for s in per_source)
+    names = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
+    return {
+        "start": scope.start,
+        "end": scope.end,
+        "location": scope.location,
+        "source": scope.source,
+        "group": scope.group,
+        "seconds": up.seconds,
+        "up_seconds": up.up,
+        "down_seconds": up.down,
+        "unknown_seconds": up.unknown,
+        "uptime_pct": up.uptime_pct,
+        "coverage_pct": up.coverage_pct,
+        "samples": samples,
+        "failure_ratio": (failed / samples) if samples else None,
+        "downtime_events": [
+            {
+                "start": datetime.fromtimestamp(e.start, tz=UTC),
+                "end": datetime.fromtimestamp(e.end, tz=UTC),
+                "duration_s": e.duration,
+                "bounded_start": e.bounded_start,
+                "bounded_end": e.bounded_end,
+            }
+            for e in events
+        ],
+        "sources": [
+            {
+                "source": a.source,
+                "ok": a.ok,
+                "failed": a.failed,
+                "availability_pct": a.availability_pct,
+                "failure_ratio": a.failure_ratio,
+                "coverage_pct": a.coverage_pct,
+            }
+            for a in sla.source_availability(start, end, per_source)
+        ],
+        "latency_ms": {
+            name: ({"p50": values[0], "p95": values[1], "p99": values[2]} if values else None)
+            for name, values in zip(names, phases[:5], strict=True)
+        },
+    }
+
+
+def default_range(now: datetime, hours: int = 24) -> tuple[datetime, datetime]:
+    end = now.replace(microsecond=0)
+    return end - timedelta(hours=hours), end

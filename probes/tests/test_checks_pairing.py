@@ -1,0 +1,81 @@
+"""The bandwidth pairing schedule: every pair once per interval in both directions, nobody twice
+in a slot, slots spread over the interval and never shorter than a test needs."""
+
+from collections import Counter
+from itertools import permutations
+
+import pytest
+
+from probes.checks.pairing import plan_slots, round_robin, slot_seconds
+
+DIRECTIONS = ("download", "upload")  # what one test of a pair measures, from its source
+
+
+def traffic(pairs: list[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """(sender, receiver) of every transfer the tests make: download = target sends."""
+    flows: Counter[tuple[str, str]] = Counter()
+    for source, target in pairs:
+        flows[(target, source)] += 1  # download
+        flows[(source, target)] += 1  # upload
+    return flows
+
+
+@pytest.mark.parametrize("n", range(2, 14))
+def test_every_pair_is_measured_in_both_directions_exactly_once_per_interval(n: int) -> None:
+    members = [f"m{i:02}" for i in range(n)]
+
+    slots, rounds = plan_slots(members, interval_s=3600, slot_s=15)
+
+    pairs = [pair for slot in slots for pair in slot.pairs]
+    assert traffic(pairs) == Counter(permutations(members, 2))  # every ordered pair, once
+    assert rounds == len(slots) == (n - 1 if n % 2 == 0 else n)
+    for slot in slots:
+        in_slot = [member for pair in slot.pairs for member in pair]
+        assert len(in_slot) == len(set(in_slot)), f"a member is in two tests of slot {slot.index}"
+
+
+def test_slots_are_spread_evenly_across_the_interval() -> None:
+    slots, _ = plan_slots([f"m{i}" for i in range(6)], interval_s=300, slot_s=15)
+
+    assert [slot.offset_s for slot in slots] == [0, 60, 120, 180, 240]
+
+
+def test_every_member_runs_half_of_its_tests_and_the_other_half_next_interval() -> None:
+    members = [f"m{i}" for i in range(7)]
+    even = [pair for slot in plan_slots(members, 600, 15, cycle=10)[0] for pair in slot.pairs]
+    odd = [pair for slot in plan_slots(members, 600, 15, cycle=11)[0] for pair in slot.pairs]
+
+    assert set(Counter(source for source, _ in even).values()) == {3}
+    assert {(b, a) for a, b in even} == set(odd)  # the roles swap
+
+
+def test_pairs_that_are_not_allowed_are_left_out_and_empty_slots_dropped() -> None:
+    where = {"a1": "us1", "a2": "us1", "b1": "eu1", "b2": "eu1"}
+
+    rounds = round_robin(list(where), allowed=lambda a, b: where[a] != where[b])
+
+    pairs = [pair for slot in rounds for pair in slot]
+    assert {frozenset(p) for p in pairs} == {frozenset({a, b}) for a in ("a1", "a2") for b in ("b1", "b2")}
+    assert all(rounds)  # the slot pairing a1-a2 and b1-b2 is gone, not left empty
+
+
+def test_a_schedule_longer_than_the_interval_continues_in_the_next_interval() -> None:
+    members = [f"m{i:02}" for i in range(10)]  # 9 rounds of 5 tests; 300 s of 60 s slots hold 5
+    seen: set[frozenset[str]] = set()
+
+    for cycle in (0, 1):
+        slots, rounds = plan_slots(members, interval_s=300, slot_s=60, cycle=cycle)
+        assert rounds == 9 and len(slots) == 5
+        assert [slot.offset_s for slot in slots] == [0, 60, 120, 180, 240]  # never below a slot
+        seen.update(frozenset(pair) for slot in slots for pair in slot.pairs)
+
+    assert len(seen) == 45  # two intervals covered every pair
+
+
+def test_one_member_or_none_has_nothing_to_test() -> None:
+    assert plan_slots(["alone"], 300, 15) == ([], 0)
+    assert plan_slots([], 300, 15) == ([], 0)
+
+
+def test_a_slot_holds_both_directions_and_a_margin() -> None:
+    assert slot_seconds(5) == 15

@@ -1,0 +1,39 @@
+"""The member endpoint's /health says what the edge cannot reach, instead of exiting."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from netring_site.embedded import free_port
+from probes.edge import EdgeState, MemberEndpoint
+from probes.edge_metrics import MeshMetrics
+
+
+def _endpoint(registry: str = "registered") -> MemberEndpoint:
+    state = EdgeState(location="us1", ip="127.0.0.1", port=0, instance_id=uuid.uuid4(), registry=registry)
+    endpoint = MemberEndpoint(state, MeshMetrics(), "127.0.0.1", 0)
+    endpoint.server.server_close()
+    return endpoint
+
+
+def test_it_is_healthy_when_registry_and_broker_answer() -> None:
+    status, body = _endpoint().health()
+    assert status == 200
+    assert body["status"] == "healthy"
+    assert body["broker"] == "ok"
+    assert body["location"] == "us1"
+
+
+def test_it_reports_an_unreachable_broker(settings: Any) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    status, body = _endpoint().health()
+    assert status == 503
+    assert body["status"] == "degraded"
+    assert body["broker"].startswith("unreachable: ")
+
+
+def test_it_reports_an_unreachable_registry() -> None:
+    status, body = _endpoint(registry="unreachable: OperationalError: connection refused").health()
+    assert status == 503
+    assert body["registry"].startswith("unreachable")

@@ -1,0 +1,1 @@
+"""Real test networks built from Linux network namespaces (see ``netns``). No Django here."""
