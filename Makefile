@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m netring_site.devstack
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench lab install clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	NETRING_DATA_DIR=$(CURDIR)/.netring/bench $(DEVSTACK) --data $(CURDIR)/.netring/bench run -- \
 	  $(PY) -m bench $(BENCH_ARGS)
+
+# The network lab of the end-to-end tests, left running for a person (root: network namespaces).
+lab: $(STAMP)
+	$(PY) -m tests.lab $(LAB_ARGS)
 
 clean:
 	rm -rf .netring/test .netring/bench

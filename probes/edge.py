@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -152,6 +153,9 @@ class EdgeMember:
             log.warning("could not deregister: %s", exc)
 
 
+BROKER_CHECK_INTERVAL = 5.0  # seconds between the member endpoint's broker pings
+
+
 class MemberEndpoint:
     """The HTTP endpoint peers probe: the seed's /health, /metrics, and /bandwidth_test."""
 
@@ -170,8 +174,8 @@ class MemberEndpoint:
         self.bandwidth_test = bandwidth_test
         if bandwidth_test is not None:
             self.routes[bandwidth.PATH] = bandwidth_test.handle
-        self._broker, self._broker_checked_at = "unknown", -1e9
-        self._broker_lock = threading.Lock()
+        self._broker = "unknown"
+        self._stopped = threading.Event()
         handler = _handler_class(self)
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         server_class = type(
@@ -183,9 +187,12 @@ class MemberEndpoint:
         self._thread = threading.Thread(target=self.server.serve_forever, name="netring-member-endpoint", daemon=True)
 
     def start(self) -> None:
+        self.check_broker()  # so that the first /health already knows
+        threading.Thread(target=self._watch_broker, name="netring-broker-check", daemon=True).start()
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopped.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -205,22 +212,29 @@ class MemberEndpoint:
         }
 
     def broker_state(self) -> str:
-        """Whether Redis answers, checked at most every 5 s: peers fetch /health every round."""
-        # Peers' requests arrive together; they wait for a check in progress instead of
-        # answering with the state from before it ("unknown" on the first round).
-        with self._broker_lock:
-            now = time.monotonic()
-            if now - self._broker_checked_at >= 5.0:
-                self._broker_checked_at = now
-                try:
-                    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-                    client.ping()
-                    client.close()
-                    self._broker = "ok"
-                except Exception as exc:
-                    self._broker = f"unreachable: {type(exc).__name__}: {str(exc).strip()[:160]}"
-                    log.warning("broker %s", self._broker)
         return self._broker
+
+    def check_broker(self) -> str:
+        """Ping Redis and remember the answer; ``/health`` reports the latest one."""
+        try:
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                client.ping()
+            finally:
+                client.close()
+            state = "ok"
+        except Exception as exc:
+            state = f"unreachable: {type(exc).__name__}: {str(exc).strip()[:160]}"
+        if state != "ok" and state != self._broker:
+            log.warning("broker %s", state)
+        self._broker = state
+        return state
+
+    def _watch_broker(self) -> None:
+        # In the background, not per request: peers time /health, and a ping to a distant or
+        # struggling broker inside it would show up as this member's network latency.
+        while not self._stopped.wait(BROKER_CHECK_INTERVAL):
+            self.check_broker()
 
 
 def _handler_class(endpoint: MemberEndpoint) -> type[BaseHTTPRequestHandler]:
@@ -300,6 +314,18 @@ def traceroute_metrics() -> TracerouteMetrics:
         _edge["traceroute_metrics"] = TracerouteMetrics(metrics().registry)
     result: TracerouteMetrics = _edge["traceroute_metrics"]
     return result
+
+
+def retain_peers(active: Iterable[str]) -> None:
+    """Drop the bandwidth and traceroute series of peers that left the mesh.
+
+    Every mesh round carries the current member list, so its end is where departed peers'
+    series go: waiting for the next bandwidth or traceroute round (minutes apart) would leave
+    them frozen at their last value in between.
+    """
+    keep = set(active)
+    bandwidth_metrics().retain(keep)
+    traceroute_metrics().retain(keep)
 
 
 def bandwidth_endpoint() -> bandwidth.BandwidthEndpoint | None:

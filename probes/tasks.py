@@ -52,7 +52,7 @@ def mesh_round(round_id: int, started: str, targets: list[dict[str, Any]]) -> di
     source = services.RoundSource(state.location, str(state.instance_id), round_id, datetime.fromisoformat(started))
     report = services.run_round(source, targets, edge.metrics())
     state.members_count = len(targets)
-    edge.bandwidth_metrics().retain(str(t["instance_id"]) for t in targets)  # departed peers' rates go
+    edge.retain_peers(str(t["instance_id"]) for t in targets)
     log.info("round %d: %d results, %d failed, %.2fs", round_id, report.results, report.failures, report.seconds)
     return {"results": report.results, "failures": report.failures, "seconds": report.seconds}
 
@@ -121,7 +121,7 @@ def traceroute_round(round_id: int, started: str, targets: list[dict[str, Any]])
         return {}
     source = services.RoundSource(state.location, str(state.instance_id), round_id, datetime.fromisoformat(started))
     report = traceroute_services.run_traceroute_round(source, targets, edge.traceroute_metrics())
-    edge.bandwidth_metrics().retain(str(t["instance_id"]) for t in targets)
+    edge.retain_peers(str(t["instance_id"]) for t in targets)
     if report.reason:
         log.warning("traceroute unavailable: %s", report.reason)
     log.info(

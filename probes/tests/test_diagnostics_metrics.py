@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from probes import edge
 from probes.checks.bandwidth import BandwidthResult, TransferStats
 from probes.checks.traceroute import Hop, TraceResult
 from probes.diagnostics_metrics import BandwidthMetrics, TracerouteMetrics
@@ -73,6 +74,22 @@ def test_departed_targets_lose_their_bandwidth_series() -> None:
     assert metrics.retain([AP]) == 3  # EU's rate, success flag and timestamp
 
     assert {dict(k)["target_instance"] for k in series(metrics.registry, "netring_bandwidth_mbps")} == {AP}
+
+
+def test_a_mesh_round_drops_departed_peers_from_bandwidth_and_traceroute_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A member that went offline must not stay on /metrics until the next bandwidth or
+    # traceroute round, minutes later: the mesh round, which knows the members, drops it.
+    monkeypatch.setattr(edge, "_edge", {})
+    edge.bandwidth_metrics().observe(PAIR, [result_of("download", 47.8)])
+    edge.traceroute_metrics().observe_round(
+        SOURCE, [(EU_TARGET, traced(("10.0.2.1", 1.0, 1.0))), (AP_TARGET, traced(("10.0.3.1", 2.0, 2.0)))]
+    )
+
+    edge.retain_peers([AP])
+
+    registry = edge.metrics().registry
+    assert series(registry, "netring_bandwidth_mbps") == {}
+    assert {dict(k)["target_instance"] for k in series(registry, "netring_traceroute_hops_total")} == {AP}
 
 
 def test_served_tests_count_bytes_and_cpu() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from netring_site.embedded import free_port
 from probes.edge import EdgeState, MemberEndpoint
 from probes.edge_metrics import MeshMetrics
+from probes.tests.loopback import black_hole
 
 
 def _endpoint(registry: str = "registered") -> MemberEndpoint:
@@ -18,7 +20,9 @@ def _endpoint(registry: str = "registered") -> MemberEndpoint:
 
 
 def test_it_is_healthy_when_registry_and_broker_answer() -> None:
-    status, body = _endpoint().health()
+    endpoint = _endpoint()
+    assert endpoint.check_broker() == "ok"
+    status, body = endpoint.health()
     assert status == 200
     assert body["status"] == "healthy"
     assert body["broker"] == "ok"
@@ -27,7 +31,9 @@ def test_it_is_healthy_when_registry_and_broker_answer() -> None:
 
 def test_it_reports_an_unreachable_broker(settings: Any) -> None:
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    status, body = _endpoint().health()
+    endpoint = _endpoint()
+    endpoint.check_broker()
+    status, body = endpoint.health()
     assert status == 503
     assert body["status"] == "degraded"
     assert body["broker"].startswith("unreachable: ")
@@ -37,3 +43,18 @@ def test_it_reports_an_unreachable_registry() -> None:
     status, body = _endpoint(registry="unreachable: OperationalError: connection refused").health()
     assert status == 503
     assert body["registry"].startswith("unreachable")
+
+
+def test_answering_never_waits_for_the_broker(settings: Any) -> None:
+    # Peers time /health: a broker that does not answer must not show up as this member's latency.
+    with black_hole() as port:
+        settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+        endpoint = _endpoint()
+        began = time.monotonic()
+        status, body = endpoint.health()
+        answered = time.monotonic() - began
+
+        assert answered < 0.05
+        assert (status, body["broker"]) == (503, "unknown")
+        assert endpoint.check_broker().startswith("unreachable: TimeoutError")
+        assert endpoint.health()[1]["broker"].startswith("unreachable: TimeoutError")

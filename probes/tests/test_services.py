@@ -267,6 +267,8 @@ def test_black_holed_peers_cost_one_timeout_not_one_each(
 
     # Five black holes one after another would take 5 x TIMEOUT.
     assert TIMEOUT <= report.seconds < TIMEOUT + 0.75
+    failed = MeshResult.objects.filter(ok=False).values_list("target_location", "kind", "error_class", "error")
+    assert {location for location, *_ in failed} == {f"dead{n}" for n in range(5)}, list(failed)
     assert report.failures == 5 * 2
     assert MeshResult.objects.filter(ok=True).count() == 20 * 2
 

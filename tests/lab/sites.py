@@ -14,7 +14,7 @@ The test process sees the lab only through Unix sockets relayed into the namespa
 (``tests.lab.gate``): the web, PostgreSQL, Redis, and every edge's and prober's ``/metrics``. A
 cut link or a lossy router therefore changes what the system sees, never what the test sees.
 
-``python -m tests.lab.sites`` (``make lab``) builds the same deployment and leaves it running
+``python -m tests.lab`` (``make lab``) builds the same deployment and leaves it running
 for a person, with the web on http://127.0.0.1:8756/, until Ctrl-C.
 
 No Django import here: the test process's own Django settings point at another database.
@@ -664,10 +664,6 @@ class Deployment:
         """Send a task to the central queue now (the admin's "Run selected tasks" action)."""
         self.run_central([*_bin("celery"), "-A", "netring_site", "call", name, "--queue", "netring.central"])
 
-    def has_route(self, path: str) -> bool:
-        """Whether the web serves ``path`` (features that another branch may not have yet)."""
-        return self.api("GET", path)[0] != 404
-
     def silence_consumer(self, location: str, *, off: bool = False) -> int:
         """Black-hole the edge's BRPOP connection to Redis, both ways, in the central namespace:
         the worker keeps a connection that looks open and never answers (a half-open TCP
@@ -779,7 +775,7 @@ def _exists(pid: int) -> bool:
 # --- make lab -----------------------------------------------------------------------------------
 
 
-async def _serve_tcp_to_unix(port: int, path: Path) -> None:
+async def _serve_tcp_to_unix(port: int, path: Path, stop: asyncio.Event) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(str(path))
@@ -799,18 +795,20 @@ async def _serve_tcp_to_unix(port: int, path: Path) -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
     async with server:
-        await server.serve_forever()
+        await stop.wait()
 
 
 @contextlib.contextmanager
 def _forward(port: int, path: Path) -> Iterator[None]:
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(_serve_tcp_to_unix(port, path),), daemon=True)
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(_serve_tcp_to_unix(port, path, stop),))
     thread.start()
     try:
         yield
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(stop.set)  # the server closes, then the loop ends by itself
+        thread.join(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -853,7 +851,3 @@ def main(argv: list[str] | None = None) -> int:
         print("\nTearing the lab down...", flush=True)
     print("Done.", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -147,8 +147,6 @@ def test_1b_bandwidth(deployment: Deployment, report: Report) -> None:
     at a time. Rates are goodput, so the bound is the bottleneck's shaped rate times the TCP
     payload share of a frame (1448 of 1514 bytes, as tbf counts frames on a veth)."""
     lab, s = deployment, report.scenario("1. steady state: bandwidth")
-    if not lab.has_route("/api/v1/bandwidth/latest/"):
-        pytest.skip("no /api/v1/bandwidth/latest/ in this tree: the bandwidth tests of issue 5 are not merged")
     lab.steady()
     since = now()
     lab.run_task("probes.dispatch_bandwidth")  # the schedule is off in the lab: one round, now
@@ -192,8 +190,6 @@ def test_1c_traceroute(deployment: Deployment, report: Report) -> None:
     """Traceroute rounds (issue 5) every NETRING_TRACEROUTE_INTERVAL: each pair's path is exactly
     the routers between the two locations, then the target."""
     lab, s = deployment, report.scenario("1. steady state: traceroute")
-    if not lab.has_route("/api/v1/traceroute/latest/"):
-        pytest.skip("no /api/v1/traceroute/latest/ in this tree: the traceroute of issue 5 is not merged")
     since = now()
 
     def latest() -> dict[tuple[str, str], dict[str, Any]] | None:
