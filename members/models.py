@@ -13,9 +13,10 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from members.status import Status, Thresholds, member_status
+from netring_site.config import LOCATION_NAME
 
 location_name_validator = RegexValidator(
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+    rf"^{LOCATION_NAME}$",
     "A location name is 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.",
 )
 
@@ -110,6 +111,10 @@ class Member(models.Model):
     version = models.CharField(max_length=64, blank=True)
     # SHA-256 of the member's secret: a database leak does not leak working tokens.
     token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    # Registered without the enrollment token (NETRING_OPEN_ENROLLMENT): only such a member may
+    # be heartbeaten or deregistered by its instance id alone, as the seed's members do; one
+    # that enrolled with the token is reached with its own token only, open enrollment or not.
+    enrolled_openly = models.BooleanField(default=False, editable=False)
     registered_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
     deregistered_at = models.DateTimeField(null=True, blank=True)

@@ -49,6 +49,7 @@ def register(
     kind: str = Member.Kind.API,
     hostname: str = "",
     version: str = "",
+    enrolled_openly: bool = False,
 ) -> Registration:
     """Create a member, or take back an existing instance id (a restart) with a fresh token.
 
@@ -77,6 +78,7 @@ def register(
                 "hostname": hostname,
                 "version": version,
                 "token_hash": token.hash,
+                "enrolled_openly": enrolled_openly,
                 "registered_at": now,
                 "last_seen": now,
             },
@@ -85,7 +87,7 @@ def register(
             member.location = place
             member.ip, member.port, member.kind = ip, port, kind
             member.hostname, member.version = hostname, version
-            member.token_hash = token.hash
+            member.token_hash, member.enrolled_openly = token.hash, enrolled_openly
             member.registered_at = member.last_seen = now
             member.deregistered_at = None
             member.save()
@@ -121,10 +123,11 @@ _HEARTBEAT_SQL = (
 
 
 def heartbeat_by_id(instance_id: uuid.UUID) -> Beat:
-    """Tokenless heartbeat of seed members, allowed only under NETRING_OPEN_ENROLLMENT."""
-    updated = Member.objects.filter(instance_id=instance_id, deregistered_at__isnull=True).update(
-        last_seen=timezone.now()
-    )
+    """Tokenless heartbeat of seed members, allowed only under NETRING_OPEN_ENROLLMENT and only
+    for members that enrolled openly themselves (others answer BAD_TOKEN)."""
+    updated = Member.objects.filter(
+        instance_id=instance_id, enrolled_openly=True, deregistered_at__isnull=True
+    ).update(last_seen=timezone.now())
     return Beat.OK if updated else _why_not(instance_id)
 
 
@@ -166,8 +169,8 @@ def deregister_with_token(token: tokens.MemberToken) -> Beat:
 
 
 def deregister_by_id(instance_id: uuid.UUID) -> Beat:
-    """Tokenless deregistration of seed members, allowed only under NETRING_OPEN_ENROLLMENT."""
-    if deregister_all(Member.objects.filter(instance_id=instance_id)):
+    """Tokenless deregistration of seed members: as :func:`heartbeat_by_id`, openly enrolled only."""
+    if deregister_all(Member.objects.filter(instance_id=instance_id, enrolled_openly=True)):
         return Beat.OK
     return _why_not(instance_id)
 

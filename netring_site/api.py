@@ -12,8 +12,17 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError, RestrictedError
 from rest_framework import parsers, status
 from rest_framework.exceptions import APIException, ErrorDetail, NotAuthenticated, ParseError
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class Pagination(LimitOffsetPagination):
+    """Every list's pages: large enough for a dashboard, bounded so that one request cannot read
+    a month of rows, and so that ``?limit=<20 digits>`` is capped instead of reaching PostgreSQL
+    as a LIMIT beyond bigint (a 500)."""
+
+    max_limit = 10_000
 
 
 class RequestTooLarge(APIException):

@@ -6,6 +6,7 @@ message that names it (see ``netring_site.config``).
 
 from __future__ import annotations
 
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import django_stubs_ext
 
-from netring_site.config import ConfigError, Env
+from netring_site.config import HOST_NAME, LOCATION_NAME, ConfigError, Env, is_ip
 from probes.checks.pairing import SLOT_MARGIN_S as _SLOT_MARGIN_S
 
 django_stubs_ext.monkeypatch()
@@ -108,6 +109,21 @@ try:
     _StatusRange.parse(NETRING_EXPECTED_STATUS)
 except ValueError as _exc:
     env.problems.append(f"NETRING_EXPECTED_STATUS={NETRING_EXPECTED_STATUS!r}: {_exc}")
+if NETRING_LOCATION and not re.fullmatch(LOCATION_NAME, NETRING_LOCATION):
+    env.problems.append(
+        f"NETRING_LOCATION={NETRING_LOCATION!r}: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )
+if not (
+    NETRING_ADVERTISE_IP == "auto"
+    or re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]*", NETRING_ADVERTISE_IP)
+    or is_ip(NETRING_ADVERTISE_IP)
+    or re.fullmatch(HOST_NAME, NETRING_ADVERTISE_IP)
+):
+    env.problems.append(
+        f"NETRING_ADVERTISE_IP={NETRING_ADVERTISE_IP!r}: expected an IP address, a host name, env:VARIABLE or auto"
+    )
+if NETRING_MEMBER_BIND and not is_ip(NETRING_MEMBER_BIND):
+    env.problems.append(f"NETRING_MEMBER_BIND={NETRING_MEMBER_BIND!r}: expected an IP address such as 0.0.0.0 or ::")
 if NETRING_INSTANCE_ID:
     import uuid as _uuid
 
@@ -254,7 +270,7 @@ REST_FRAMEWORK = {
     # JSON only, bounded by DATA_UPLOAD_MAX_MEMORY_SIZE (netring_site.api.JSONParser).
     "DEFAULT_PARSER_CLASSES": ["netring_site.api.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "netring_site.api.Pagination",
     "PAGE_SIZE": 500,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "netring_site.api.exception_handler",

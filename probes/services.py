@@ -42,6 +42,9 @@ def round_id(now: datetime, interval: int) -> int:
     return math.floor(now.timestamp() / interval)
 
 
+MESH_SCHEDULE = "mesh round dispatch"  # the beat entry (netring_site.schedules)
+
+
 def scheduled_interval(name: str, default: int) -> int:
     """Seconds between runs of beat entry ``name`` as set in the admin (``default`` before
     ``netring_setup`` created it), so a dispatch spreads its work over the real interval."""
@@ -62,6 +65,7 @@ class RoundPlan:
     round_id: int
     started: datetime
     targets_by_location: dict[str, list[dict[str, object]]]
+    interval: int  # seconds until the next round of this kind (the beat entry's, as edited in the admin)
     active: tuple[str, ...] = ()  # instance ids of every online or stale member
 
 
@@ -72,7 +76,10 @@ def plan_mesh_round(now: datetime | None = None) -> RoundPlan | None:
     other locations. Members of its own location are not targets: a location's members share
     a network, and the question is whether locations reach each other.
     """
-    return plan_round("mesh", settings.NETRING_CHECK_INTERVAL, now)
+    # The interval the admin set on the beat entry, not the variable's first value: rounds are
+    # numbered by it, so with the variable's value a shortened schedule would see every other
+    # dispatch as "already claimed".
+    return plan_round("mesh", scheduled_interval(MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL), now)
 
 
 def plan_round(kind: str, interval: int, now: datetime | None = None) -> RoundPlan | None:
@@ -95,7 +102,7 @@ def plan_round(kind: str, interval: int, now: datetime | None = None) -> RoundPl
             for m in members
             if m.location.name != source
         ]
-    return RoundPlan(number, now, plan, tuple(str(m.instance_id) for m in members))
+    return RoundPlan(number, now, plan, interval, tuple(str(m.instance_id) for m in members))
 
 
 # Column order of the COPY batch; the same names in MeshResult and MeshLatest.
@@ -226,7 +233,9 @@ _SQL_COPY = f"COPY mesh_batch ({_COLUMN_LIST}) FROM STDIN"
 _SQL_HISTORY = f'INSERT INTO "{MeshResult._meta.db_table}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM mesh_batch'  # noqa: S608
 _SQL_LATEST = (
     f'INSERT INTO "{MeshLatest._meta.db_table}" ({_COLUMN_LIST}) SELECT DISTINCT ON ({_PAIR}) {_COLUMN_LIST} '  # noqa: S608
-    f"FROM mesh_batch ORDER BY {_PAIR}, ts DESC ON CONFLICT ({_PAIR}) DO UPDATE SET {_UPDATES}"
+    f"FROM mesh_batch ORDER BY {_PAIR}, ts DESC ON CONFLICT ({_PAIR}) DO UPDATE SET {_UPDATES} "
+    # A round that finishes late (it waited behind a slow one) must not overwrite a newer state.
+    f'WHERE "{MeshLatest._meta.db_table}".ts <= EXCLUDED.ts'
 )
 
 

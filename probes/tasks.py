@@ -10,6 +10,7 @@ worker signals below.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,14 +31,13 @@ def dispatch_mesh() -> int:
     if plan is None:
         log.info("mesh round already dispatched by another beat; skipping")
         return 0
-    interval = settings.NETRING_CHECK_INTERVAL
     for location, targets in plan.targets_by_location.items():
         # expires: a round still queued when the next one is due is dropped, so a backlog after
         # an outage never runs stale rounds.
         mesh_round.apply_async(
             args=[plan.round_id, plan.started.isoformat(), targets],
             queue=queue_for_location(location),
-            expires=interval,
+            expires=plan.interval,
         )
     services.forget_departed(plan.active, sources=plan.targets_by_location)
     return len(plan.targets_by_location)
@@ -102,12 +102,11 @@ def dispatch_traceroute() -> int:
     if plan is None:
         log.info("traceroute round already dispatched by another beat; skipping")
         return 0
-    interval = services.scheduled_interval(traceroute_services.SCHEDULE, settings.NETRING_TRACEROUTE_INTERVAL)
     for location, targets in plan.targets_by_location.items():
         traceroute_round.apply_async(
             args=[plan.round_id, plan.started.isoformat(), targets],
             queue=queue_for_location(location),
-            expires=plan.started + timedelta(seconds=interval),
+            expires=plan.started + timedelta(seconds=plan.interval),
         )
     traceroute_services.forget_departed(plan.active, sources=plan.targets_by_location)
     return len(plan.targets_by_location)
@@ -154,7 +153,15 @@ def _consumes_location_queue(consumer: Any, location: str) -> bool:
 def _start_edge(sender: Any = None, **kwargs: Any) -> None:
     location = settings.NETRING_LOCATION
     if location and _consumes_location_queue(sender, location):
-        edge.start(location)
+        try:
+            edge.start(location)
+        except Exception:
+            # Celery only logs what a signal handler raises: the worker would go on taking its
+            # location's rounds as a member nobody can probe. Stop instead, saying why, and let
+            # the supervisor restart it once the cause (a taken port, say) is gone.
+            log.critical("the edge worker cannot start its member endpoint; exiting", exc_info=True)
+            logging.shutdown()
+            os._exit(1)
 
 
 @worker_shutting_down.connect

@@ -27,6 +27,7 @@ from members.api.serializers import (
 from members.models import Location, Member
 from members.status import Status
 from netring_site.api import JSONParser
+from netring_site.config import LOCATION_NAME
 
 
 class LocationViewSet(viewsets.ModelViewSet[Location]):
@@ -34,7 +35,7 @@ class LocationViewSet(viewsets.ModelViewSet[Location]):
 
     serializer_class = LocationSerializer
     lookup_field = "name"
-    lookup_value_regex = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+    lookup_value_regex = LOCATION_NAME
     filterset_fields = ["criticality"]
 
     def get_queryset(self) -> QuerySet[Location]:
@@ -172,6 +173,7 @@ def register_from(request: Request) -> services.Registration:
             kind=data["kind"],
             hostname=data["hostname"],
             version=data["version"],
+            enrolled_openly=not auth.has_enrollment_token(request),
         )
     except services.RegistrationRefused as exc:
         raise PermissionDenied(str(exc)) from exc

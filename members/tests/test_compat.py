@@ -98,7 +98,7 @@ def test_it_refuses_a_heartbeat_without_a_token(make_member: MakeMember, anon: A
 def test_it_takes_a_tokenless_heartbeat_from_the_open_networks_under_open_enrollment(
     make_member: MakeMember, anon: APIClient, open_enrollment: Any, frozen: TimeMachineFixture
 ) -> None:
-    registration = make_member()
+    registration = make_member(enrolled_openly=True)
     body = {"instance_id": str(registration.member.pk)}
     frozen.shift(timedelta(seconds=45))
     assert anon.post("/heartbeat", body, format="json", REMOTE_ADDR="192.0.2.1").status_code == 401
@@ -166,11 +166,37 @@ def test_it_refuses_to_deregister_another_member(make_member: MakeMember) -> Non
 def test_it_refuses_a_tokenless_deregistration_unless_enrollment_is_open(
     make_member: MakeMember, anon: APIClient, settings: Any
 ) -> None:
-    body = {"instance_id": str(make_member().member.pk)}
+    body = {"instance_id": str(make_member(enrolled_openly=True).member.pk)}
     assert anon.post("/deregister", body, format="json").status_code == 401
     settings.NETRING_OPEN_ENROLLMENT = True
     assert anon.post("/deregister", body, format="json").status_code == 200
     assert anon.post("/deregister", body, format="json").status_code == 410
+
+
+def test_open_enrollment_never_reaches_members_that_enrolled_with_the_token(
+    enrolling_client: APIClient, anon: APIClient, open_enrollment: Any, frozen: TimeMachineFixture
+) -> None:
+    # Open enrollment is for the seed's members; it must not let anyone who learns an instance
+    # id (on /metrics, say) keep a dead member alive or take a live one off the dashboard.
+    registered = seed_register(enrolling_client).json()
+    body = {"instance_id": registered["instance_id"]}
+    frozen.shift(timedelta(seconds=45))
+
+    heartbeat = anon.post("/heartbeat", body, format="json", REMOTE_ADDR="10.1.2.3")
+    deregistration = anon.post("/deregister", body, format="json", REMOTE_ADDR="10.1.2.3")
+
+    assert (heartbeat.status_code, deregistration.status_code) == (401, 401)
+    member = Member.objects.get()
+    assert (member.last_seen, member.deregistered_at) == (NOW, None)
+    assert member_client(registered["token"]).post("/heartbeat", body, format="json").status_code == 200
+
+
+def test_a_member_that_enrolled_openly_heartbeats_by_id(db: None, anon: APIClient, open_enrollment: Any) -> None:
+    registered = seed_register(anon, remote="10.1.2.3").json()
+
+    body = {"instance_id": registered["instance_id"]}
+    assert anon.post("/heartbeat", body, format="json", REMOTE_ADDR="10.1.2.3").status_code == 200
+    assert anon.post("/deregister", body, format="json", REMOTE_ADDR="10.1.2.3").status_code == 200
 
 
 # --- GET /members -----------------------------------------------------------------------------

@@ -125,8 +125,9 @@ def test_it_refuses_a_wrong_secret(make_member: MakeMember, frozen: TimeMachineF
 
 
 def test_it_heartbeats_by_instance_id_for_open_enrollment(make_member: MakeMember) -> None:
-    registration = make_member()
+    registration = make_member(enrolled_openly=True)
     assert services.heartbeat_by_id(registration.member.pk) is Beat.OK
+    assert services.heartbeat_by_id(make_member(ip="10.0.0.2").member.pk) is Beat.BAD_TOKEN  # enrolled with the token
     assert services.heartbeat_by_id(uuid.uuid4()) is Beat.UNKNOWN
     services.deregister(registration.member)
     assert services.heartbeat_by_id(registration.member.pk) is Beat.DEREGISTERED
@@ -155,7 +156,7 @@ def test_it_refuses_to_deregister_with_a_wrong_or_unknown_token(make_member: Mak
 
 
 def test_it_deregisters_by_instance_id_for_open_enrollment(make_member: MakeMember) -> None:
-    registration = make_member()
+    registration = make_member(enrolled_openly=True)
     assert services.deregister_by_id(registration.member.pk) is Beat.OK
     assert services.deregister_by_id(registration.member.pk) is Beat.DEREGISTERED
     assert services.deregister_by_id(uuid.uuid4()) is Beat.UNKNOWN

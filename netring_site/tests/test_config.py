@@ -201,3 +201,22 @@ def test_it_refuses_a_stale_threshold_not_below_the_offline_one() -> None:
     result = manage_check(NETRING_STALE_AFTER="300", NETRING_OFFLINE_AFTER="300")
     assert result.returncode == 2
     assert "NETRING_STALE_AFTER=300 must be less than NETRING_OFFLINE_AFTER=300" in result.stderr
+
+
+def test_it_checks_an_edges_identity_and_addresses_at_start() -> None:
+    result = manage_check(
+        NETRING_LOCATION="us 1",
+        NETRING_ADVERTISE_IP="env:",
+        NETRING_MEMBER_BIND="all",
+        NETRING_INSTANCE_ID="edge-7",
+    )
+    assert result.returncode == 2
+    for shown in ("NETRING_LOCATION='us 1'", "NETRING_ADVERTISE_IP='env:'", "NETRING_MEMBER_BIND='all'"):
+        assert shown in result.stderr
+    assert "NETRING_INSTANCE_ID='edge-7': expected a UUID" in result.stderr
+
+
+@pytest.mark.parametrize("advertise", ["auto", "env:POD_IP", "10.0.0.7", "fd00::7", "edge-7.dc1.example.net"])
+def test_it_accepts_every_documented_form_of_the_advertised_address(advertise: str) -> None:
+    result = manage_check(NETRING_LOCATION="us-east.1", NETRING_ADVERTISE_IP=advertise, NETRING_MEMBER_BIND="::")
+    assert result.returncode == 0, result.stderr

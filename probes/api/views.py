@@ -14,7 +14,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, viewsets
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -53,11 +52,6 @@ class StrictBooleanFilter(django_filters.BooleanFilter):
     field_class = StrictBooleanField
 
 
-class MeshPagination(LimitOffsetPagination):
-    # Pages large enough for a dashboard, bounded so one request cannot read a month of rows.
-    max_limit = 10_000
-
-
 class MeshFilter(django_filters.FilterSet):
     source_location = django_filters.CharFilter()
     target_location = django_filters.CharFilter()
@@ -80,7 +74,6 @@ class LatestView(generics.ListAPIView[MeshLatest]):
 
     serializer_class = MeshLatestSerializer
     filterset_class = LatestFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[MeshLatest]:
         return MeshLatest.objects.order_by("source_location", "target_location", "target_instance", "kind", "endpoint")
@@ -155,7 +148,6 @@ class HistoryView(generics.ListAPIView[MeshResult]):
 
     serializer_class = MeshResultSerializer
     filterset_class = HistoryFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[MeshResult]:
         return MeshResult.objects.order_by("-ts", "-id")

@@ -11,7 +11,7 @@ from django.utils import timezone
 from rest_framework import generics
 
 from probes.api.serializers import BandwidthResultSerializer
-from probes.api.views import MeshPagination, bounded_range
+from probes.api.views import bounded_range
 from probes.models import BandwidthDirection, BandwidthResult, BandwidthStatus
 
 LATEST_WITHIN = timedelta(days=2)  # older tests are not "latest": the pair stopped being tested
@@ -43,7 +43,6 @@ class BandwidthLatestView(generics.ListAPIView[BandwidthResult]):
 
     serializer_class = BandwidthResultSerializer
     filterset_class = BandwidthFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[BandwidthResult]:
         pair = ("source_location", "target_instance", "direction")
@@ -62,7 +61,6 @@ class BandwidthHistoryView(generics.ListAPIView[BandwidthResult]):
 
     serializer_class = BandwidthResultSerializer
     filterset_class = BandwidthHistoryFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[BandwidthResult]:
         return BandwidthResult.objects.order_by("-ts", "-id")

@@ -22,7 +22,7 @@ from probes.api.serializers import (
     TraceLatestSerializer,
     TraceRouteSerializer,
 )
-from probes.api.views import MeshPagination, bounded_range
+from probes.api.views import bounded_range
 from probes.models import PathChange, PathKind, TraceHop, TraceLatest, TraceRoute, TraceStatus
 
 
@@ -64,7 +64,6 @@ class TraceLatestView(generics.ListAPIView[TraceLatest]):
 
     serializer_class = TraceLatestSerializer
     filterset_class = TraceLatestFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[TraceLatest]:
         return TraceLatest.objects.order_by("source_location", "target_location", "target_ip")
@@ -76,7 +75,6 @@ class TraceHistoryView(generics.ListAPIView[TraceRoute]):
 
     serializer_class = TraceRouteSerializer
     filterset_class = TraceHistoryFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[TraceRoute]:
         return TraceRoute.objects.order_by("-ts", "-id")
@@ -112,7 +110,6 @@ class PathChangeView(generics.ListAPIView[PathChange]):
 
     serializer_class = PathChangeSerializer
     filterset_class = PathChangeFilter
-    pagination_class = MeshPagination
 
     def get_queryset(self) -> QuerySet[PathChange]:
         return PathChange.objects.order_by("-ts", "-id")

@@ -9,7 +9,8 @@ iperf3's ``--omit`` but with the warm-up found from the data.
 
 Protocol, plain HTTP/1.1 on the member endpoint, one test per connection::
 
-    GET  /bandwidth_test?bytes=N   -> 200, Content-Length min(N, max_bytes), random bytes.
+    GET  /bandwidth_test?bytes=N   -> 200, Content-Length min(N, max_bytes), random bytes
+                                      (``size=N`` is the same).
                                       The client reads for its duration, then closes.
     POST /bandwidth_test           <- Content-Length N <= max_bytes, Expect: 100-continue.
                                       The client sends for its duration, then half-closes
@@ -570,13 +571,14 @@ class BandwidthEndpoint:
 
     def _serve_download(self, handler: BaseHTTPRequestHandler) -> None:
         query = parse_qs(urlsplit(handler.path).query)
+        asked = query.get("bytes") or query.get("size")  # "size" as the seed's members ask
         try:
-            nbytes = min(int(query.get("bytes", [str(self.max_bytes)])[0]), self.max_bytes)
+            nbytes = min(int(asked[0]) if asked else self.max_bytes, self.max_bytes)
         except ValueError:
-            _reply(handler, 400, {"error": "bytes must be an integer"})
+            _reply(handler, 400, {"error": "bytes (or size) must be an integer"})
             return
         if nbytes < 0:
-            _reply(handler, 400, {"error": "bytes must not be negative"})
+            _reply(handler, 400, {"error": "bytes (or size) must not be negative"})
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "application/octet-stream")

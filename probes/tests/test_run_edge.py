@@ -1,5 +1,6 @@
 """``manage.py run_edge``: a Celery worker of one location, on that location's queue only."""
 
+import socket
 import subprocess
 import sys
 import uuid
@@ -54,3 +55,13 @@ def test_it_consumes_only_its_locations_queue_on_a_thread_pool(
     assert clean_broker.llen(queue_for_location("eu1")) == 1  # still waiting for an eu1 worker
     # Threads: the Prometheus registry of the member endpoint sees what every task measured.
     assert "(thread)" in edge.log.read_text()
+
+
+def test_it_exits_saying_why_when_its_member_port_is_taken(edge_worker: Callable[..., EdgeProcess]) -> None:
+    with socket.create_server(("127.0.0.22", 0)) as taken:
+        edge = edge_worker("us1", "127.0.0.22", wait=False, NETRING_MEMBER_PORT=str(taken.getsockname()[1]))
+
+        assert edge.process.wait(timeout=60) == 1
+    log = edge.log.read_text()
+    assert "cannot start its member endpoint" in log
+    assert "Address already in use" in log

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 from django.utils import timezone
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from members import services as registry
 from members.models import Member
@@ -82,6 +83,23 @@ def test_a_second_dispatch_in_the_same_interval_gets_no_round(
     assert 0 < clean_broker.ttl(f"netring:round:mesh:{number}") <= 2 * interval
 
 
+def test_rounds_follow_the_interval_set_in_the_admin_not_the_variables_first_value(
+    make_member: MakeMember, clean_broker: redis.Redis, settings: Any
+) -> None:
+    make_member("us1", "10.0.1.1", kind="edge")
+    make_member("eu1", "10.0.2.1", kind="edge")
+    settings.NETRING_CHECK_INTERVAL = 60
+    every, _ = IntervalSchedule.objects.get_or_create(every=20, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="mesh round dispatch", task="probes.dispatch_mesh", interval=every)
+    start = datetime.fromtimestamp(services.round_id(timezone.now(), 60) * 60, UTC)
+
+    plans = [services.plan_mesh_round(start + timedelta(seconds=s)) for s in (1, 21, 41)]
+
+    # Every dispatch of the 20 s schedule gets its round; none is taken for a second beat.
+    assert all(plan is not None and plan.interval == 20 for plan in plans)
+    assert len({plan.round_id for plan in plans if plan}) == 3
+
+
 # --- Storing a round ------------------------------------------------------------------------
 
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
@@ -138,6 +156,17 @@ def test_a_round_is_one_batch_of_history_rows_plus_the_latest_state_of_every_pai
     latest = MeshLatest.objects.get(target_instance=B, kind="tcp")
     assert (latest.ok, latest.error_class, latest.error, latest.latency_ms) == (True, "", "", 9.0)
     assert (latest.ts, latest.round_id) == (t2, 8)
+
+
+def test_a_round_stored_late_keeps_its_history_but_not_the_latest_state(db: None) -> None:
+    newer = timezone.now().replace(microsecond=0)
+    services.store_round(source(9, newer), [tcp(A, "10.0.2.1", latency_ms=2.0)], WHERE)
+
+    services.store_round(source(8, newer - timedelta(minutes=1)), [tcp(A, "10.0.2.1", ok=False)], WHERE)
+
+    assert MeshResult.objects.count() == 2
+    latest = MeshLatest.objects.get()
+    assert (latest.round_id, latest.ok, latest.ts) == (9, True, newer)
 
 
 def test_an_empty_round_stores_nothing(db: None) -> None:
