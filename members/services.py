@@ -125,9 +125,9 @@ _HEARTBEAT_SQL = (
 def heartbeat_by_id(instance_id: uuid.UUID) -> Beat:
     """Tokenless heartbeat of seed members, allowed only under NETRING_OPEN_ENROLLMENT and only
     for members that enrolled openly themselves (others answer BAD_TOKEN)."""
-    updated = Member.objects.filter(
-        instance_id=instance_id, enrolled_openly=True, deregistered_at__isnull=True
-    ).update(last_seen=timezone.now())
+    updated = Member.objects.filter(instance_id=instance_id, enrolled_openly=True, deregistered_at__isnull=True).update(
+        last_seen=timezone.now()
+    )
     return Beat.OK if updated else _why_not(instance_id)
 
 

@@ -267,10 +267,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["members.auth.ReadForUsersAndMembers"],
-    # JSON only, bounded by DATA_UPLOAD_MAX_MEMORY_SIZE (netring_site.api.JSONParser).
-    "DEFAULT_PARSER_CLASSES": ["netring_site.api.JSONParser"],
+    # JSON only, bounded by DATA_UPLOAD_MAX_MEMORY_SIZE (netring_site.parsers.JSONParser).
+    "DEFAULT_PARSER_CLASSES": ["netring_site.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "netring_site.api.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "netring_site.pagination.Pagination",
     "PAGE_SIZE": 500,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "netring_site.api.exception_handler",

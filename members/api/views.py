@@ -26,8 +26,8 @@ from members.api.serializers import (
 )
 from members.models import Location, Member
 from members.status import Status
-from netring_site.api import JSONParser
 from netring_site.config import LOCATION_NAME
+from netring_site.parsers import JSONParser
 
 
 class LocationViewSet(viewsets.ModelViewSet[Location]):
