@@ -41,6 +41,12 @@ def queue_for_location(location: str) -> str:
     return f"netring.loc.{location}"
 
 
+def queue_for_member(instance_id: str) -> str:
+    """The queue of one edge worker: work planned for that member and no other (bandwidth
+    tests, whose exclusive slots are planned per member, not per location)."""
+    return f"netring.member.{instance_id}"
+
+
 app = Celery("netring")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

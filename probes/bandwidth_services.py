@@ -175,7 +175,7 @@ def _test(number: int, slot: int, source: Member, target: Member, not_after: flo
 
 @dataclass(frozen=True)
 class Source:
-    """The edge worker that runs a test (any worker of the planned source's location may)."""
+    """The edge worker that runs a test: the planned source (the test came on its own queue)."""
 
     location: str
     instance_id: str

@@ -19,7 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 from django.utils import timezone
 
-from netring_site.celery import queue_for_location
+from netring_site.celery import queue_for_location, queue_for_member
 from probes import bandwidth_services, edge, partitions, services, traceroute_services
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,11 @@ def dispatch_bandwidth() -> int:
     for offset, test in plan.tests:
         # Each test waits for its slot on its source's queue; one not started by the end of its
         # slot is dropped (expires) rather than run in another test's slot.
+        # To the planned member's own queue: with several workers in a location, another one
+        # taking it would run a pair nobody planned, maybe in a slot where it has a test of its own.
         bandwidth_test.apply_async(
             args=[test],
-            queue=queue_for_location(test["source"]["location"]),
+            queue=queue_for_member(test["source"]["instance_id"]),
             countdown=offset,
             expires=bandwidth_services.slot_expiry(plan, offset),
         )
@@ -89,7 +91,7 @@ def bandwidth_test(test: dict[str, Any]) -> str:
     if outcome.retry_in is not None:
         bandwidth_test.apply_async(
             args=[{**test, "attempt": test["attempt"] + 1}],
-            queue=queue_for_location(state.location),
+            queue=queue_for_member(str(state.instance_id)),
             countdown=outcome.retry_in,
             expires=bandwidth_services.retry_expiry(test),
         )
@@ -154,7 +156,8 @@ def _start_edge(sender: Any = None, **kwargs: Any) -> None:
     location = settings.NETRING_LOCATION
     if location and _consumes_location_queue(sender, location):
         try:
-            edge.start(location)
+            state = edge.start(location)
+            sender.add_task_queue(queue_for_member(str(state.instance_id)))
         except Exception:
             # Celery only logs what a signal handler raises: the worker would go on taking its
             # location's rounds as a member nobody can probe. Stop instead, saying why, and let

@@ -127,7 +127,7 @@ def member_endpoint() -> Iterator[MemberEndpoint]:
 
 def _clear(client: redis.Redis) -> None:
     # Round claims, bandwidth locks, and queued tasks of the edge queues, left by an earlier test.
-    for pattern in ("netring:round:*", "netring:bw:*", "netring.loc.*"):
+    for pattern in ("netring:round:*", "netring:bw:*", "netring.loc.*", "netring.member.*"):
         keys = list(client.scan_iter(pattern))
         if keys:
             client.delete(*keys)
@@ -144,9 +144,14 @@ def clean_broker() -> Iterator[redis.Redis]:
 
 def queued(location: str) -> list[Any]:
     """The task messages waiting in a location's queue (taken off it)."""
+    return queued_on(queue_for_location(location))
+
+
+def queued_on(name: str) -> list[Any]:
+    """The task messages waiting in queue ``name`` (taken off it)."""
     messages = []
     with app.connection_for_read() as connection:
-        queue: SimpleQueue = connection.SimpleQueue(queue_for_location(location), no_ack=True)
+        queue: SimpleQueue = connection.SimpleQueue(name, no_ack=True)
         while True:
             try:
                 messages.append(queue.get_nowait())  # dispatch returns once its messages are in Redis

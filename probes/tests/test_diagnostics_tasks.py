@@ -16,11 +16,11 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from members import services as registry
-from netring_site.celery import queue_for_location
+from netring_site.celery import queue_for_member
 from probes import services, tasks
 from probes.checks.traceroute import privilege
 from probes.models import BandwidthResult, TraceLatest, TraceRoute
-from probes.tests.conftest import EdgeProcess, queued
+from probes.tests.conftest import EdgeProcess, queued, queued_on
 
 MakeMember = Callable[..., registry.Registration]
 StartEdge = Callable[..., EdgeProcess]
@@ -52,13 +52,14 @@ def test_every_task_is_thin_with_a_time_limit_and_no_result(task: Any) -> None:
 def test_bandwidth_dispatch_sends_each_test_to_its_source_at_its_slot_with_an_expiry(
     make_member: MakeMember, clean_broker: redis.Redis, one_round: int
 ) -> None:
-    for location, ip in (("us1", "10.0.1.1"), ("eu1", "10.0.2.1"), ("ap1", "10.0.3.1")):
-        make_member(location, ip, kind="edge")
+    members = [make_member(loc, ip, kind="edge").member for loc, ip in (("us1", "10.0.1.1"), ("eu1", "10.0.2.1"),
+                                                                          ("ap1", "10.0.3.1"))]  # fmt: skip
     before = timezone.now()
 
     assert tasks.dispatch_bandwidth() == 3  # three pairs, each one test (both directions)
 
-    messages = [m for location in ("us1", "eu1", "ap1") for m in queued(location)]
+    assert all(queued(location) == [] for location in ("us1", "eu1", "ap1"))  # never to just any worker
+    messages = [m for member in members for m in queued_on(queue_for_member(str(member.pk)))]
     assert len(messages) == 3 and {m.headers["task"] for m in messages} == {"probes.bandwidth_test"}
     # The first slot starts now (no eta), the others are spread over the 24 h interval.
     slots = sorted((datetime.fromisoformat(m.headers["eta"] or before.isoformat()), m) for m in messages)
@@ -67,7 +68,7 @@ def test_bandwidth_dispatch_sends_each_test_to_its_source_at_its_slot_with_an_ex
         (test,) = message.decode()[0]
         expires = datetime.fromisoformat(message.headers["expires"])
         assert timedelta(seconds=6.9) <= expires - eta <= timedelta(seconds=7.1)  # the slot: 2 x 1 s + 5 s
-        assert message.delivery_info["routing_key"] == queue_for_location(test["source"]["location"])
+        assert message.delivery_info["routing_key"] == queue_for_member(test["source"]["instance_id"])
     assert tasks.dispatch_bandwidth() == 0  # a second beat in the same interval
 
 
@@ -147,7 +148,7 @@ def test_two_sources_testing_one_target_at_once_are_never_measured_together(
             "round_id": 1, "slot": 0, "attempt": 0, "not_after": time.time() + 120, "target": target,
             "source": {"instance_id": str(source.instance_id), "location": source.location},
         }  # fmt: skip
-        tasks.bandwidth_test.apply_async(args=[test], queue=queue_for_location(source.location), eta=start)
+        tasks.bandwidth_test.apply_async(args=[test], queue=queue_for_member(str(source.instance_id)), eta=start)
 
     wait_until(lambda: BandwidthResult.objects.filter(status="ok").count() >= 4, timeout=40, what="both tests")
     rows = list(BandwidthResult.objects.order_by("ts"))
@@ -166,6 +167,27 @@ def test_two_sources_testing_one_target_at_once_are_never_measured_together(
     on_time = {str(r.source_instance) for r in rows if r.status == "ok" and r.attempt == 0}
     assert str(postponed.source_instance) not in on_time
     assert not list(clean_broker.scan_iter("netring:bw:busy:*"))
+
+
+def test_with_two_workers_in_a_location_each_runs_the_tests_planned_for_it(
+    edge_worker: StartEdge, clean_broker: redis.Redis, settings: Any, wait_until: WaitUntil
+) -> None:
+    us1a = edge_worker("us1", "127.0.0.21", wait=False, **EDGE_ENV)
+    us1b = edge_worker("us1", "127.0.0.24", wait=False, **EDGE_ENV)
+    eu1 = edge_worker("eu1", "127.0.0.22", wait=False, **EDGE_ENV)
+    for edge in (us1a, us1b, eu1):
+        edge.wait_ready()
+    # Two pairs that share eu1: two slots of 2 x 1 s + 5 s, back to back.
+    settings.NETRING_BANDWIDTH_TEST_INTERVAL, settings.NETRING_BANDWIDTH_TEST_DURATION = 14, 1.0
+
+    assert tasks.dispatch_bandwidth() == 2
+
+    wait_until(lambda: BandwidthResult.objects.count() >= 4, timeout=40, what="both tests")
+    rows = list(BandwidthResult.objects.all())
+    assert {r.status for r in rows} == {"ok"}  # nobody took a test planned for another member
+    pairs = {frozenset((str(r.source_instance), str(r.target_instance))) for r in rows}
+    assert pairs == {frozenset((str(us1.instance_id), str(eu1.instance_id))) for us1 in (us1a, us1b)}
+    assert len(rows) == 4  # each pair once, both directions
 
 
 def test_a_bandwidth_test_reaching_a_worker_that_is_not_an_edge_does_nothing(db: None) -> None:
