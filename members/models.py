@@ -116,14 +116,17 @@ class Member(models.Model):
     # that enrolled with the token is reached with its own token only, open enrollment or not.
     enrolled_openly = models.BooleanField(default=False, editable=False)
     registered_at = models.DateTimeField(default=timezone.now)
-    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    # Not indexed, on purpose: a heartbeat changes only this column, and with no index on it
+    # PostgreSQL updates the row in place (a HOT update, no index writes), which is what lets
+    # the registry take thousands of heartbeats a second. Status queries scan the members
+    # (tens of thousands of rows at most), which costs milliseconds.
+    last_seen = models.DateTimeField(default=timezone.now)
     deregistered_at = models.DateTimeField(null=True, blank=True)
 
     objects = MemberQuerySet.as_manager()
 
     class Meta:
         ordering = ["location__name", "ip", "port"]
-        indexes = [models.Index(fields=["location", "last_seen"])]
         constraints = [
             models.CheckConstraint(condition=Q(port__gte=1) & Q(port__lte=65535), name="member_port_range"),
         ]

@@ -108,6 +108,7 @@ def heartbeat(token: tokens.MemberToken) -> Beat:
     query building cost more CPU than PostgreSQL's work; the statement is what the ORM would send.
     """
     with connection.cursor() as cursor:
+        # One query string is one implicit transaction: SET LOCAL holds for this UPDATE only.
         cursor.execute(_HEARTBEAT_SQL, [timezone.now(), token.instance_id, token.hash])
         updated = cursor.rowcount
     if updated:
@@ -115,9 +116,12 @@ def heartbeat(token: tokens.MemberToken) -> Beat:
     return _why_not(token.instance_id)
 
 
-# The table name is the model's own; every value is a parameter.
+# The table name is the model's own; every value is a parameter. A heartbeat is liveness, not
+# a result: its commit does not wait for the WAL flush (a PostgreSQL crash can forget the last
+# fraction of a second of heartbeats, never corrupt anything), which halves its cost.
 _HEARTBEAT_SQL = (
-    f'UPDATE "{Member._meta.db_table}" SET "last_seen" = %s '  # noqa: S608
+    "SET LOCAL synchronous_commit TO OFF; "  # noqa: S608
+    f'UPDATE "{Member._meta.db_table}" SET "last_seen" = %s '
     'WHERE "instance_id" = %s AND "token_hash" = %s AND "deregistered_at" IS NULL'
 )
 
