@@ -8,9 +8,12 @@ else differs from production. In the same minutes a naive loop (start the fetche
 ``time.sleep(1)``, the usual way to write "every second") runs in a third process against the
 same targets, for the drift baseline.
 
-Replay: 200,000 rows are appended to a spool (as during an outage), then replayed into
-PostgreSQL by the prober's ``BatchWriter`` through ``make_sink`` (COPY + INSERT ... ON CONFLICT),
-compared with Django's ``bulk_create`` of the same rows.
+Replay: 200,000 rows are appended to a prober's spool (as an outage leaves it), then that
+prober starts as ``run_prober`` builds it, in its own process, probing 50 local targets: its
+writer replays the backlog with the production settings (thread, flush interval, replay
+budget, chunk size, ``make_sink``'s COPY, and the pacing that keeps replay off the ticks) while
+the loop ticks. The rate is timed from the start until the spool is empty, beside Django's
+``bulk_create`` of the same rows; the ticks' lateness meanwhile shows the cadence holds.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ TARGETS = 50
 TICKS = int(os.environ.get("BENCH_PROBER_TICKS", "300"))
 REPLAY_ROWS = 200_000
 LOCATION = "bench"
+REPLAY_LOCATION = "bench-replay"
+REPLAY_GIVE_UP_S = 300.0
 
 LATENESS_P99_MS = 2.0
 DRIFT_MS = 1.0
@@ -45,15 +50,27 @@ def main() -> bool:
     setup_django()
     with tempfile.TemporaryDirectory(prefix="bench-prober-") as tmp:
         cadence_ok = _cadence(Path(tmp))
-        replay_ok = _replay(Path(tmp) / "replay-spool")
+        replay_ok = _replay(Path(tmp) / "replay")
     return cadence_ok and replay_ok
 
 
 # --- Cadence ----------------------------------------------------------------------------------
 
 
-def _cadence(tmp: Path) -> bool:
+def _targets(location_name: str, base: str) -> list[str]:
+    """50 targets on the local server, probed from ``location_name`` only."""
     from members.models import Location
+    from probes.models import ProberTarget
+
+    urls = [f"{base}/{location_name}/{i}" for i in range(TARGETS)]
+    ProberTarget.objects.filter(name__startswith="bench-").delete()
+    location, _ = Location.objects.get_or_create(name=location_name)
+    for i, url in enumerate(urls):
+        ProberTarget.objects.create(name=f"bench-{i:02d}", url=url).locations.add(location)
+    return urls
+
+
+def _cadence(tmp: Path) -> bool:
     from probes.models import ProberSample, ProberTarget
 
     server = subprocess.Popen(
@@ -62,12 +79,8 @@ def _cadence(tmp: Path) -> bool:
     try:
         assert server.stdout is not None
         base = server.stdout.readline().decode().strip()
-        urls = [f"{base}/bench/{i}" for i in range(TARGETS)]
-        ProberTarget.objects.filter(name__startswith="bench-").delete()
         ProberSample.objects.filter(location=LOCATION).delete()
-        location, _ = Location.objects.get_or_create(name=LOCATION)
-        for i, url in enumerate(urls):
-            ProberTarget.objects.create(name=f"bench-{i:02d}", url=url).locations.add(location)
+        urls = _targets(LOCATION, base)
         out, naive_out = tmp / "prober.json", tmp / "naive.json"
         env = {**os.environ, "NETRING_PROBER_METRICS_ADDR": ""}
         prober = subprocess.Popen(
@@ -134,14 +147,12 @@ def _pct(ordered: list[float], q: float) -> float:
 # --- Replay -----------------------------------------------------------------------------------
 
 
-def _replay(spool_dir: Path) -> bool:
+def _replay(state: Path) -> bool:
     from django.db import connection
 
     from probes.management.commands.run_prober import REPLAY_CHUNK
-    from probes.models import ProberSample
+    from probes.models import ProberSample, ProberTarget
     from probes.prober.spool import Row, Spool
-    from probes.prober.writer import BatchWriter
-    from probes.prober_services import make_sink
 
     # An hour and more of 50 targets, ending now (the partitions of today and yesterday exist).
     now = math.floor(time.time())
@@ -166,18 +177,36 @@ def _replay(spool_dir: Path) -> bool:
         for s in range(seconds)
         for t in range(TARGETS)
     ]
-    ProberSample.objects.filter(location__in=["bench-replay", "bench-bulk"]).delete()
-    spool = Spool(spool_dir)
+    ProberSample.objects.filter(location__in=[REPLAY_LOCATION, "bench-bulk"]).delete()
+    spool = Spool(state / "spool")
     for i in range(0, len(rows), 5000):
         spool.append(rows[i : i + 5000])
-
-    writer = BatchWriter(make_sink("bench-replay"), spool, replay_chunk=REPLAY_CHUNK, replay_budget=3600.0)
-    started = time.perf_counter()
-    while spool.depth:
-        writer.flush_once()
-    replay_s = time.perf_counter() - started
     spool.close()
-    replayed = ProberSample.objects.filter(location="bench-replay").count()
+
+    # The prober as run_prober builds it, started with that backlog, as after an outage.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.prober", "serve"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        _targets(REPLAY_LOCATION, server.stdout.readline().decode().strip())
+        connection.close()
+        out = state / "replay.json"
+        env = {**os.environ, "NETRING_PROBER_METRICS_ADDR": ""}
+        child = subprocess.run(
+            [sys.executable, "-m", "bench.prober", "run-replay", str(state), str(out)], cwd=ROOT, env=env, check=False
+        )
+        ProberTarget.objects.filter(name__startswith="bench-").delete()
+    finally:
+        server.terminate()
+        server.wait(10)
+    if child.returncode != 0:
+        line("replay run", f"exit {child.returncode}", "0", "FAIL")
+        return False
+    result = json.loads(out.read_text())
+    replay_s = result["replay_s"]
+    # The backlog's rows, not those the prober measured meanwhile (they are stamped now).
+    replayed = ProberSample.objects.filter(location=REPLAY_LOCATION, probe_id__lte=now).count()
     connection.close()
 
     objects = [
@@ -193,10 +222,10 @@ def _replay(spool_dir: Path) -> bool:
     started = time.perf_counter()
     ProberSample.objects.bulk_create(objects, batch_size=REPLAY_CHUNK, ignore_conflicts=True)
     bulk_s = time.perf_counter() - started
-    ProberSample.objects.filter(location__in=["bench-replay", "bench-bulk"]).delete()
+    ProberSample.objects.filter(location__in=[REPLAY_LOCATION, "bench-bulk"]).delete()
 
     rate, bulk_rate = REPLAY_ROWS / replay_s, REPLAY_ROWS / bulk_s
-    ok = rate >= REPLAY_RATE and replayed == REPLAY_ROWS and writer.stats.sink_failures == 0
+    ok = rate >= REPLAY_RATE and replayed == REPLAY_ROWS and result["sink_failures"] == 0
     line(
         f"spool replay into PostgreSQL ({REPLAY_CHUNK:,}-row chunks)",
         f"{rate:,.0f} rows/s",
@@ -205,7 +234,16 @@ def _replay(spool_dir: Path) -> bool:
     )
     line("  target", f">= {REPLAY_RATE:,} rows/s", "", "")
     line("  rows replayed / in the spool", f"{replayed:,}", f"{REPLAY_ROWS:,}", "")
-    return ok
+    lateness = sorted(result["lateness_ms"])
+    late_ok = bool(lateness) and _pct(lateness, 99) <= LATENESS_P99_MS and result["missed"] == 0
+    line(
+        "  tick lateness meanwhile p50 / p99 / max",
+        f"{_pct(lateness, 50):.2f} / {_pct(lateness, 99):.2f} / {lateness[-1]:.2f} ms" if lateness else "no tick",
+        f"target p99 <= {LATENESS_P99_MS:g} ms",
+        "PASS" if late_ok else "FAIL",
+    )
+    line("  ticks meanwhile / missed", f"{len(lateness)} / {result['missed']}", "", "")
+    return ok and late_ok
 
 
 # --- Child processes --------------------------------------------------------------------------
@@ -260,6 +298,50 @@ def _run_prober(ticks: int, state: Path, out: Path) -> int:
     return 0
 
 
+def _run_replay(state: Path, out: Path) -> int:
+    """The prober as run_prober builds it, started with a backlog in its spool; stops once the
+    spool is empty and reports how long that took and how late the ticks started meanwhile."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netring_site.settings")
+    import django
+
+    django.setup()
+    from probes.management.commands.run_prober import build
+    from probes.prober.ticks import Tick, TickScheduler
+
+    lateness: list[float] = []
+    replaying = True
+
+    class RecordingScheduler(TickScheduler):
+        def poll(self) -> Tick | None:
+            tick = super().poll()
+            if tick is not None and replaying:
+                lateness.append(tick.lateness * 1000)
+            return tick
+
+    prober = build(REPLAY_LOCATION, state, scheduler=RecordingScheduler)
+    replay_s: list[float] = []
+
+    def watch(started: float) -> None:
+        nonlocal replaying
+        while prober.writer.spool_depth and time.perf_counter() - started < REPLAY_GIVE_UP_S:
+            time.sleep(0.01)  # the bench watching, not part of the replay: 10 ms on seconds
+        if not prober.writer.spool_depth:
+            replay_s.append(time.perf_counter() - started)
+        replaying = False
+        prober.loop.stop()
+
+    threading.Thread(target=watch, args=(time.perf_counter(),), daemon=True).start()
+    prober.run()
+    result = {
+        "replay_s": replay_s[0] if replay_s else math.inf,
+        "lateness_ms": lateness,
+        "missed": prober.loop.stats.missed_ticks,
+        "sink_failures": prober.writer.stats.sink_failures,
+    }
+    out.write_text(json.dumps(result))
+    return 0
+
+
 def _run_naive(ticks: int, out: Path, urls: list[str]) -> int:
     """The baseline: fire the fetches, then ``time.sleep(1)``; drift is whatever each turn costs."""
     import pycurl
@@ -294,6 +376,8 @@ def _child(argv: list[str]) -> int:
         return _serve()
     if role == "run-prober":
         return _run_prober(int(args[0]), Path(args[1]), Path(args[2]))
+    if role == "run-replay":
+        return _run_replay(Path(args[0]), Path(args[1]))
     if role == "run-naive":
         return _run_naive(int(args[0]), Path(args[1]), args[2:])
     raise SystemExit(f"unknown role {role!r}")

@@ -25,6 +25,7 @@ from probes.models import ProberSample, ProberTarget
 from probes.prober import sla
 from probes.prober.loop import Target
 from probes.prober.spool import Row
+from probes.prober.transport import PROBER_SIDE
 from probes.prober.writer import RejectedRowsError
 
 _COLUMNS = (
@@ -56,6 +57,11 @@ _SQL_INSERT = (
     "ON CONFLICT (location, source, probe_id, ts) DO NOTHING"
 )
 _PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
+# A row that measured the target; the others (missed ticks, and samples the prober itself could
+# not take: overload, not started, aborted) are kept in the table but count as unknown in every
+# SLA figure, like a second without rows (``sla.measured_ok`` is the same rule in Python).
+_MEASURED = "ok IS NOT NULL AND (ok OR error_class <> ALL(%s))"
+_PROBER_SIDE = sorted(PROBER_SIDE)
 
 
 def statuses(expected: str) -> frozenset[int]:
@@ -249,7 +255,8 @@ def sla_report(scope: SlaScope, *, merge_unknown_gap: int = 0) -> dict[str, Any]
     """Uptime, downtime events, per-source availability and phase percentiles of a time range.
 
     A second is up when any source succeeded, down when every source that has a sample failed,
-    unknown without samples: unknown never counts as up (see docs/prober.md). The database
+    unknown without samples: unknown never counts as up (see docs/prober.md). Rows of samples
+    the prober could not take (overload...) are no samples of the target here. The database
     aggregates per second and per source; Python only walks the per-second counts.
     """
     # Whole seconds: a second is in the range only if all of it is, so a range starting at
@@ -260,21 +267,27 @@ def sla_report(scope: SlaScope, *, merge_unknown_gap: int = 0) -> dict[str, Any]
     where, params = _scope_sql(scope)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT floor(extract(epoch FROM ts))::bigint, count(*) FILTER (WHERE ok), count(*) "  # noqa: S608
-            f'FROM "{_TABLE}" WHERE {where} GROUP BY 1 ORDER BY 1',
-            params,
+            f"SELECT floor(extract(epoch FROM ts))::bigint, count(*) FILTER (WHERE ok), "  # noqa: S608
+            f'count(*) FILTER (WHERE NOT ok) FROM "{_TABLE}" WHERE {where} AND {_MEASURED} GROUP BY 1 ORDER BY 1',
+            [*params, _PROBER_SIDE],
         )
-        per_second = [sla.SecondCounts(int(t), int(ok), int(n) - int(ok)) for t, ok, n in cursor.fetchall()]
+        per_second = [sla.SecondCounts(int(t), int(ok), int(bad)) for t, ok, bad in cursor.fetchall()]
         cursor.execute(
-            f"SELECT source, count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok) "  # noqa: S608
+            f"SELECT source, count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok AND {_MEASURED}), "  # noqa: S608
+            f"count(*) FILTER (WHERE NOT ({_MEASURED})) "
             f'FROM "{_TABLE}" WHERE {where} GROUP BY 1 ORDER BY 1',
-            params,
+            [_PROBER_SIDE, _PROBER_SIDE, *params],
         )
-        per_source = [sla.SourceCounts(s, int(ok), int(bad)) for s, ok, bad in cursor.fetchall()]
+        per_source = [sla.SourceCounts(s, int(ok), int(bad), int(other)) for s, ok, bad, other in cursor.fetchall()]
+        # TLS counts only the samples that did a handshake: ``tls_ms`` > 0. A completed plain-HTTP
+        # transfer stores exactly 0 (``probes.checks.http.read_timings``), and a real handshake
+        # always takes some microseconds, so the stored value tells them apart. The source URL's
+        # scheme would not: with redirects followed, http://x redirected to https:// did a
+        # handshake, and only the first hop's scheme is in ``source``.
         cursor.execute(
             "SELECT percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY dns_ms), "  # noqa: S608
             "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY connect_ms), "
-            "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY tls_ms), "
+            "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY tls_ms) FILTER (WHERE tls_ms > 0), "
             "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ttfb_ms), "
             "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms), count(*) "
             f'FROM "{_TABLE}" WHERE {where} AND ok',
@@ -286,6 +299,7 @@ def sla_report(scope: SlaScope, *, merge_unknown_gap: int = 0) -> dict[str, Any]
     events = sla.downtime_events(timeline, merge_unknown_gap=merge_unknown_gap)
     samples = sum(s.ok + s.failed for s in per_source)
     failed = sum(s.failed for s in per_source)
+    unmeasured = sum(s.unmeasured for s in per_source)
     names = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
     return {
         "start": scope.start,
@@ -300,6 +314,7 @@ def sla_report(scope: SlaScope, *, merge_unknown_gap: int = 0) -> dict[str, Any]
         "uptime_pct": up.uptime_pct,
         "coverage_pct": up.coverage_pct,
         "samples": samples,
+        "unmeasured_samples": unmeasured,
         "failure_ratio": (failed / samples) if samples else None,
         "downtime_events": [
             {
@@ -316,6 +331,7 @@ def sla_report(scope: SlaScope, *, merge_unknown_gap: int = 0) -> dict[str, Any]
                 "source": a.source,
                 "ok": a.ok,
                 "failed": a.failed,
+                "unmeasured": a.unmeasured,
                 "availability_pct": a.availability_pct,
                 "failure_ratio": a.failure_ratio,
                 "coverage_pct": a.coverage_pct,

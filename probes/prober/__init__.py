@@ -9,6 +9,7 @@ Modules:
 - ``transport``: the start/poll interface the loop drives, and its result shape.
 - ``curl_transport``: that interface on one pycurl ``CurlMulti``.
 - ``loop``: the prober loop (targets x ticks -> sample rows).
+- ``target_cache``: the last target list loaded, for a start while the database is down.
 - ``spool``: append-only, fsync'd local spool for rows the database has not taken yet.
 - ``writer``: batching writer that keeps the loop's cadence while the database is down or slow.
 - ``sla``: uptime, downtime events and latency percentiles over stored samples.

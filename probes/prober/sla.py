@@ -5,8 +5,11 @@ Definitions (one location, a range of whole seconds ``[start, end)``):
 - A second is **UP** if at least one source succeeded in it, **DOWN** if every source that has
   a sample failed (the seed's rule: "DOWN when all sources fail for the same probe_id"), and
   **UNKNOWN** if there is no sample at all. Rows with ``ok`` None (missed ticks) are not
-  samples. One tick has one ``ts`` and one ``probe_id``, so grouping by second is grouping by
-  probe group.
+  samples, and neither are rows whose error class says the *prober* failed to measure
+  (``transport.PROBER_SIDE``: ``overload``, ``not_started``, ``aborted``): they are stored, but
+  a prober that could not start a transfer says nothing about the target (:func:`measured_ok`).
+  One tick has one ``ts`` and one ``probe_id``, so grouping by second is grouping by probe
+  group.
 - **uptime %** = up / (up + down). Unknown seconds are excluded, never counted as up; they are
   reported separately, with **coverage %** = (up + down) / seconds in range, so a 100 % uptime
   over 10 % coverage is visible as such.
@@ -21,7 +24,9 @@ Definitions (one location, a range of whole seconds ``[start, end)``):
   what PostgreSQL's ``percentile_disc(q/100)`` returns, so SQL and Python reports agree.
   ``method="linear"`` interpolates between ranks (numpy's default, PostgreSQL's
   ``percentile_cont``). Only successful samples count: a timeout is an availability failure,
-  and its duration is the configured timeout, not a latency.
+  and its duration is the configured timeout, not a latency. The TLS phase counts only the
+  samples that did a TLS handshake (``tls_ms`` > 0): a plain-HTTP sample's 0 is "no handshake",
+  not a handshake that took no time.
 
 Inputs are shaped so the database can do the heavy part::
 
@@ -42,6 +47,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
+
+from probes.prober.transport import PROBER_SIDE
 
 
 class State(IntEnum):
@@ -70,6 +77,15 @@ class SourceCounts:
     source: str
     ok: int
     failed: int
+    unmeasured: int = 0  # prober-side rows (overload...): neither ok nor failed
+
+
+def measured_ok(ok: bool | None, error_class: str | None) -> bool | None:
+    """A stored row's ``ok`` as the SLA sees it: None when the row is no measurement of the
+    target (a missed tick, or a sample the prober itself could not take)."""
+    if ok is None or (not ok and error_class in PROBER_SIDE):
+        return None
+    return ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +163,7 @@ class SourceAvailability:
     ok: int
     failed: int
     seconds: int  # length of the range: the samples a 1 Hz source should have
+    unmeasured: int = 0  # prober-side rows: unknown, in neither figure below
 
     @property
     def availability_pct(self) -> float | None:
@@ -265,7 +282,7 @@ def unknown_gaps(tl: Timeline, min_seconds: int = 1) -> list[Gap]:
 
 def source_availability(start: int, end: int, per_source: Iterable[SourceCounts]) -> list[SourceAvailability]:
     """Availability and failure ratio of each source over ``[start, end)``."""
-    return [SourceAvailability(c.source, c.ok, c.failed, end - start) for c in per_source]
+    return [SourceAvailability(c.source, c.ok, c.failed, end - start, c.unmeasured) for c in per_source]
 
 
 # -- latency percentiles ---------------------------------------------------------------------
@@ -305,13 +322,14 @@ def phase_percentiles(
     qs: Sequence[float] = (50, 95, 99),
     method: Method = "nearest",
 ) -> dict[str, dict[float, float]]:
-    """Per-phase latency percentiles over the successful rows (``ok`` true) that have the phase."""
+    """Per-phase latency percentiles over the successful rows (``ok`` true) that have the phase;
+    TLS only over the rows that did a handshake (``tls_ms`` > 0, see the module docstring)."""
     values: dict[str, list[float]] = {p: [] for p in phases}
     for row in rows:
         if row.get("ok") is not True:
             continue
         for phase in phases:
             v = row.get(phase)
-            if isinstance(v, int | float) and not isinstance(v, bool):
+            if isinstance(v, int | float) and not isinstance(v, bool) and (phase != "tls_ms" or v > 0):
                 values[phase].append(float(v))
     return {phase: percentiles(vs, qs, method) for phase, vs in values.items()}

@@ -281,6 +281,26 @@ class TickScheduler:
         """Seconds until the next deadline (<= 0 when it is already due)."""
         return self.next_tick.deadline - self._clock.monotonic()
 
+    def quiet_delay(self, duration: float, after: float) -> float:
+        """Seconds another thread should wait before ``duration`` seconds of work that competes
+        with the loop (for the interpreter lock, or the CPU), so that the work neither runs into
+        the next tick nor starts less than ``after`` seconds past the previous one; 0 means
+        "start now". Safe to call from any thread (it only reads the schedule).
+
+        Before :meth:`start` the ticks are not anchored yet, but the first one will fall on a
+        whole wall-clock second, so that is what the answer is based on. Work too long to fit
+        between two ticks at all only keeps clear of the ``after`` window.
+        """
+        if self._started:
+            until = self.time_until_next()
+        else:
+            wall = self._clock.time()
+            until = (math.floor(wall) + 1.0) - wall
+        since = self.period - until  # since the previous deadline (due ticks: negative until)
+        if until <= duration and duration < self.period - after:
+            return max(0.0, until) + after
+        return max(0.0, after - since)
+
     def wall_offset_drift(self) -> float:
         """How far the wall clock has moved against the schedule since start (steps, not slew).
 

@@ -13,7 +13,7 @@ from typing import Protocol
 # Error classes, stored in the ``error_class`` column. The transfer classes are the mesh
 # checks' (``probes.checks.result.ErrorClass``, produced by ``probes.checks.http``), so a
 # refused connect or an unexpected status reads the same in mesh results and prober samples;
-# ``overload``, ``aborted`` (and the loop's ``missed``) exist only in the prober.
+# ``overload``, ``not_started``, ``aborted`` and ``missed`` exist only in the prober.
 # docs/prober.md lists them all.
 DNS = "dns"
 REFUSED = "refused"
@@ -24,7 +24,14 @@ RESET = "reset"
 ERROR = "error"
 STATUS = "http_status"  # transfer completed, but with a status the target does not expect
 OVERLOAD = "overload"  # not started: the in-flight bound was reached
+NOT_STARTED = "not_started"  # the transport refused to start the transfer (out of sockets...)
 ABORTED = "aborted"  # still in flight when the prober stopped and the drain deadline passed
+MISSED = "missed"  # a placeholder for a tick that never ran (``ok`` None, off by default)
+
+PROBER_SIDE = frozenset({OVERLOAD, NOT_STARTED, ABORTED, MISSED})
+"""Error classes that say something about the prober, not the target: the target was never
+measured. Their rows are stored (they are facts about the prober) but every SLA figure counts
+them as *unknown*, like a second without samples, never as a failure of the target."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,20 @@ and returns: no I/O ever happens on the tick thread. A writer thread flushes abo
 3. then the new batch is written; if the sink fails, the batch is spooled and the sink is
    retried after a capped exponential back-off.
 
+While a backlog is being replayed and the sink keeps taking it, the next flush follows at once
+instead of a flush interval later: replay runs at the database's pace, not at a budget's
+fraction of it, and every budget (~0.5 s) the flush still picks up the loop's new rows and
+appends them behind the backlog. A writer that starts with rows in its spool (left by a
+previous process) replays them right away.
+
+Replaying is CPU-bound Python (decoding the spool, formatting the COPY), and the loop's thread
+needs the interpreter lock to start a tick and to drive its transfers: a replay running
+through a tick made it start tens of milliseconds late. So the writer yields to the loop:
+before each chunk it asks ``pacer`` (the loop's ``quiet_delay``) how long to wait so that the
+chunk, as long as the previous ones took, ends before the next tick and starts after the
+tick's first moments. The loop's cadence stays what it is without a backlog, and replay keeps
+most of each second.
+
 New rows never overtake spooled ones: while anything is still pending in the spool the new batch
 is appended behind it, so the sink sees rows in submission order.
 
@@ -61,6 +75,12 @@ class _Outcome(Enum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"  # not attempted: back-off, or a previous call is stuck
+
+
+class _Replay(Enum):
+    DONE = "done"  # nothing left to replay (or nothing readable)
+    OUT_OF_BUDGET = "out of budget"  # the sink is taking rows and more are waiting
+    FAILED = "failed"  # the sink did not take a chunk: back to spooling
 
 
 @dataclass
@@ -116,7 +136,10 @@ class BatchWriter:
         max_pending_rows: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        pacer: Callable[[float], float] | None = None,
     ) -> None:
+        """``pacer(seconds)`` says how long to wait before a replayed chunk expected to take
+        ``seconds`` (see the module docstring); None replays without waiting."""
         self._sink = sink
         self.spool = spool
         self.flush_interval = flush_interval
@@ -128,6 +151,8 @@ class BatchWriter:
         self.backoff_jitter = backoff_jitter
         self.max_pending_rows = max_pending_rows
         self._clock = clock
+        self.pacer = pacer
+        self._chunk_seconds = 0.1  # how long a replayed chunk takes (moving average, real time)
         # Jitter spreads the reconnects of all locations after a central outage.
         self._rng = rng or random.Random()  # noqa: S311 - not security relevant
         self.stats = WriterStats()
@@ -188,15 +213,20 @@ class BatchWriter:
         self._closed = True
 
     def _run(self) -> None:
+        backlog = self.spool.depth > 0  # left by a previous process: replay it right away
         while not self._stopping:
-            self._wake.wait(self.flush_interval)
+            if backlog:
+                time.sleep(0)  # yield the interpreter to the loop's thread, then carry on
+            else:
+                self._wake.wait(self.flush_interval)
             if self._stopping:
                 break
             try:
-                self.flush_once()
+                backlog = self.flush_once()
             except Exception:
                 # A bug here must not kill the thread and silently stop all writes.
                 log.exception("writer: flush failed")
+                backlog = False
         self._final_flush()
 
     def _final_flush(self) -> None:
@@ -207,11 +237,13 @@ class BatchWriter:
 
     # -- flushing ------------------------------------------------------------------------
 
-    def flush_once(self, *, final: bool = False) -> None:
+    def flush_once(self, *, final: bool = False) -> bool:
         """One flush cycle (the writer thread calls this; tests call it directly).
 
-        With ``final`` the spool backlog is not replayed (that can wait for the next start)
-        and the sink gets only what is left of the close deadline.
+        Returns True when the replay ran out of budget with the sink healthy and rows still in
+        the spool: the next flush should follow at once. With ``final`` the spool backlog is
+        not replayed (that can wait for the next start) and the sink gets only what is left of
+        the close deadline.
         """
         with self._lock:
             batch, self._pending = self._pending, []
@@ -223,36 +255,48 @@ class BatchWriter:
             timeout = min(timeout, self._close_deadline - now)
             if timeout <= 0:
                 self._spool_rows(batch)
-                return
+                return False
         if now < self._retry_at:
             self._spool_rows(batch)
-            return
-        if not final and not self._replay(now + self.replay_budget, timeout):
+            return False
+        replay = _Replay.DONE if final else self._replay(now + self.replay_budget, timeout)
+        if replay is _Replay.FAILED:
             self._spool_rows(batch)
-            return
+            return False
         if self.spool.depth > 0:
             self._spool_rows(batch)  # keep order: the backlog goes first
-            return
+            return replay is _Replay.OUT_OF_BUDGET
         if batch:
             outcome = self._deliver(batch, timeout)
             if outcome is _Outcome.OK:
                 self.stats.rows_written += len(batch)
             elif outcome is not _Outcome.REJECTED:
                 self._spool_rows(batch)
+        return False
 
-    def _replay(self, budget_end: float, timeout: float) -> bool:
-        """Replay spooled chunks until empty or out of budget; False if the sink failed."""
-        while self.spool.depth > 0 and self._clock() < budget_end:
+    def _replay(self, budget_end: float, timeout: float) -> _Replay:
+        """Replay spooled chunks until the spool is empty, the budget is spent or the sink fails."""
+        while self.spool.depth > 0:
+            if self._clock() >= budget_end:
+                return _Replay.OUT_OF_BUDGET
+            if self.pacer is not None and not self._stopping:
+                # A quarter of headroom: a chunk can take longer than the average of the last ones.
+                delay = self.pacer(self._chunk_seconds * 1.25)
+                if delay > 0:
+                    self._wake.wait(delay)  # close() cuts it short
+                    continue
+            started = time.monotonic()
             chunk = self.spool.read_batch(self.replay_chunk)
             if chunk is None:
                 break
             outcome = self._deliver(chunk.rows, timeout)
             if outcome not in (_Outcome.OK, _Outcome.REJECTED):
-                return False
+                return _Replay.FAILED
             self.spool.commit(chunk)
             if outcome is _Outcome.OK:
                 self.stats.rows_replayed += len(chunk.rows)
-        return True
+            self._chunk_seconds = 0.7 * self._chunk_seconds + 0.3 * (time.monotonic() - started)
+        return _Replay.DONE
 
     def _deliver(self, rows: Sequence[Row], timeout: float) -> _Outcome:
         if self._stuck is not None:

@@ -56,6 +56,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)  # the first second of the seede
 START, END = T0 - timedelta(seconds=30), T0 + timedelta(seconds=90)  # the dashboards' time range
 INTERVAL = "10s"  # $__interval
 A, B = "https://a.example/", "https://b.example/"
+C = "http://c.example/"  # plain HTTP, but redirected to https:// at even seconds
 US, EU, AP = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
 
 
@@ -216,19 +217,32 @@ def test_render_sql_expands_macros_and_variables_as_grafana_does() -> None:
 # eu1 probes them from 0 to 29. Every sample of 10-14 fails (down, bounded by up seconds);
 # only A fails at 20-29 (up: B answered); both us1 samples fail at 45-47 (down; eu1 has
 # stopped, and the second before is unknown, so the start is unbounded). 8 down seconds.
+# eu1 also probes the plain-HTTP C from 0 to 29 (failing with the others at 10-14): tls_ms is 0
+# at odd seconds (no handshake), not a TLS latency.
+# Rows the prober could not take (prober-side error classes) are unknown, never failed or up:
+# us1's only rows of second 41 (so it stays unknown, inside the gap), B's only row of 42, and
+# A's rows at 50-51 (where B answered: up, but A neither up nor failed then).
 US1_SECONDS = [s for s in range(60) if not 40 <= s <= 44]
 EU1_SECONDS = list(range(30))
 DOWN_SECONDS = 8
+PROBER_SIDE_ROWS = {
+    ("us1", A, 41): "overload",
+    ("us1", B, 41): "not_started",
+    ("us1", B, 42): "missed",
+    ("us1", A, 50): "aborted",
+    ("us1", A, 51): "overload",
+}
 FAILURES = {
     ("us1", A, range(10, 15)): "timeout",
     ("us1", B, range(10, 15)): "refused",
     ("eu1", A, range(10, 15)): "dns",
     ("eu1", B, range(10, 15)): "http_status",
+    ("eu1", C, range(10, 15)): "refused",
     ("us1", A, range(20, 30)): "tls",
     ("us1", A, range(45, 48)): "reset",
     ("us1", B, range(45, 48)): "http_status",
 }
-FAILURE_COUNTS = {"timeout": 5, "refused": 5, "dns": 5, "http_status": 8, "tls": 10, "reset": 3}
+FAILURE_COUNTS = {"timeout": 5, "refused": 10, "dns": 5, "http_status": 8, "tls": 10, "reset": 3}
 # Phases a failure of each class reached (the others are NULL), its total time and status.
 FAILED_AT = {
     "dns": ({}, 5.0, None),
@@ -243,6 +257,10 @@ FAILED_AT = {
 def sample(location: str, source: str, second: int) -> ProberSample:
     ts = T0 + timedelta(seconds=second)
     common = {"ts": ts, "probe_id": int(ts.timestamp()), "location": location, "source": source}
+    if unmeasured := PROBER_SIDE_ROWS.get((location, source, second)):
+        return ProberSample(
+            **common, ok=False, disconnected=False, error_class=unmeasured, error=f"seeded {unmeasured}",
+        )  # fmt: skip
     failure = next(
         (c for (loc, src, when), c in FAILURES.items() if (loc, src) == (location, source) and second in when), ""
     )
@@ -253,6 +271,8 @@ def sample(location: str, source: str, second: int) -> ProberSample:
             error=f"seeded {failure}", total_ms=total, **phases,
         )  # fmt: skip
     dns, connect, tls = 1.0 + second % 3, 2.0 + second % 5, 5.0 + second % 2
+    if source == C:
+        tls = 0.0 if second % 2 else 3.0 + second % 3  # 0: a completed plain-HTTP transfer
     ttfb = 20.0 + second % 11 + (10.0 if source == B else 0.0)
     return ProberSample(
         **common, ok=True, disconnected=False, status=200, dns_ms=dns, connect_ms=connect, tls_ms=tls, ttfb_ms=ttfb,
@@ -263,7 +283,8 @@ def sample(location: str, source: str, second: int) -> ProberSample:
 def seed_prober() -> None:
     partitions.ensure(ProberSample._meta.db_table, T0.date(), T0.date())
     rows = [sample("us1", source, s) for s in US1_SECONDS for source in (A, B)]
-    rows += [sample("eu1", source, s) for s in EU1_SECONDS for source in (A, B)]
+    rows += [sample("eu1", source, s) for s in EU1_SECONDS for source in (A, B, C)]
+    rows += [sample(loc, src, s) for loc, src, s in PROBER_SIDE_ROWS if s not in US1_SECONDS]
     ProberSample.objects.bulk_create(rows)
 
 
@@ -305,7 +326,7 @@ def seed_mesh() -> None:
 
 
 VARIABLES = {
-    "prober": {"location": ["eu1", "us1"], "target": [A, B]},
+    "prober": {"location": ["eu1", "us1"], "target": [C, A, B]},
     "mesh": {"source_location": ["eu1", "us1"], "target_location": ["ap1", "eu1", "us1"]},
 }
 
@@ -359,8 +380,8 @@ def test_variable_queries_list_the_seeded_locations_and_targets_of_the_days_of_t
         return [row[0] for row in run(query.text, variables, start=start, end=end)[1]]
 
     assert values("prober", "location") == ["eu1", "us1"]
-    assert values("prober", "target", location=["eu1", "us1"]) == [A, B]
-    assert values("prober", "target", location=["eu1"]) == [A, B]
+    assert values("prober", "target", location=["eu1", "us1"]) == [C, A, B]
+    assert values("prober", "target", location=["eu1"]) == [C, A, B]
     # The variables of the 1 Hz table look at whole (UTC) days, the partitions: nothing on the
     # days before and after, whatever was probed at their edges.
     day = timedelta(days=1)
@@ -381,6 +402,12 @@ def one(dashboard: str, panel: str) -> Any:
     return value
 
 
+def one_of(panel: str, variables: dict[str, list[str]]) -> Any:
+    """The single value of a stat panel of the prober dashboard, for these variables."""
+    ((value,),) = run(sql_of("prober", panel), variables)[1]
+    return value
+
+
 def test_uptime_downtime_and_coverage_are_the_sla_reports(seeded: None) -> None:
     report = sla_report(SlaScope(START, END))
 
@@ -392,6 +419,9 @@ def test_uptime_downtime_and_coverage_are_the_sla_reports(seeded: None) -> None:
     assert float(one("prober", "Coverage")) == pytest.approx(100 * 55 / 120)
     series = records(sql_of("prober", "Down seconds"), VARIABLES["prober"])
     assert sum(r["down seconds"] for r in series) == DOWN_SECONDS
+    # The prober-side rows are in the table but in no figure: second 41 stays unknown.
+    assert report["unmeasured_samples"] == len(PROBER_SIDE_ROWS)
+    assert report["unknown_seconds"] == 120 - 55
 
 
 def test_downtime_events_are_the_sla_reports(seeded: None) -> None:
@@ -414,29 +444,48 @@ def test_downtime_follows_the_selected_locations_and_targets(seeded: None) -> No
     # Target A of us1 alone also failed at 20-29.
     (row,) = run(sql_of("prober", "Downtime"), {"location": ["us1"], "target": [A]})[1]
     assert row[0] == sla_report(SlaScope(START, END, location="us1", source=A))["down_seconds"] == 18
+    # ... and its aborted / overloaded samples at 41 and 50-51 are unknown seconds, not down ones.
+    us1_a = {"location": ["us1"], "target": [A]}
+    report = sla_report(SlaScope(START, END, location="us1", source=A))
+    assert float(one_of("Uptime", us1_a)) == pytest.approx(report["uptime_pct"]) == pytest.approx(100 * 35 / 53)
+    assert float(one_of("Coverage", us1_a)) == pytest.approx(report["coverage_pct"]) == pytest.approx(100 * 53 / 120)
+    events = records(sql_of("prober", "Downtime events"), us1_a)
+    assert sorted(events, key=lambda e: e["start"]) == report["downtime_events"]
+    assert one_of("Downtime events (count)", us1_a) == len(report["downtime_events"]) == 3
 
 
 def test_availability_per_target_is_the_sla_reports(seeded: None) -> None:
     rows = records(sql_of("prober", "Availability and latency per target"), VARIABLES["prober"])
 
-    assert [(r["location"], r["source"]) for r in rows] == [("eu1", A), ("eu1", B), ("us1", A), ("us1", B)]
+    assert [(r["location"], r["source"]) for r in rows] == [("eu1", C), ("eu1", A), ("eu1", B), ("us1", A), ("us1", B)]
     for row in rows:
         (source,) = sla_report(SlaScope(START, END, location=row["location"], source=row["source"]))["sources"]
         assert (row["samples"] - row["failed"], row["failed"]) == (source["ok"], source["failed"])
+        assert row["unmeasured"] == source["unmeasured"]
         assert float(row["availability"]) == pytest.approx(source["availability_pct"])
-    us1_a = rows[2]
-    assert us1_a["failed"] == 18 and float(us1_a["availability"]) == pytest.approx(100 * 37 / 55)
+    us1_a = rows[3]
+    assert (us1_a["samples"], us1_a["failed"], us1_a["unmeasured"]) == (53, 18, 3)
+    assert float(us1_a["availability"]) == pytest.approx(100 * 35 / 53)
+    # Per interval too: the overloaded and aborted samples are no failures of the target.
+    series = records(sql_of("prober", "Availability per target"), {"location": ["us1"], "target": [A]})
+    buckets = {r["time"]: float(r["availability"]) for r in series}
+    assert buckets[T0 + timedelta(seconds=50)] == 100.0
 
 
 def test_latency_percentiles_are_the_sla_reports_over_successful_samples(seeded: None) -> None:
     rows = records(sql_of("prober", "Latency percentiles"), VARIABLES["prober"])
 
-    assert len(rows) == 4 * 5  # every location, target and phase
+    assert len(rows) == 5 * 5  # every location, target and phase
     for row in rows:
         report = sla_report(SlaScope(START, END, location=row["location"], source=row["source"]))
         assert {k: row[k] for k in ("p50", "p95", "p99")} == report["latency_ms"][f"{row['phase']}_ms"], row
-    # A timeout's 1500 ms is not a latency.
+    # A timeout's 1500 ms is not a latency, and a plain-HTTP transfer's tls_ms = 0 no handshake.
     assert max(r["p99"] for r in rows if r["phase"] == "total") < 100
+    (tls_c,) = [r for r in rows if (r["source"], r["phase"]) == (C, "tls")]
+    assert tls_c["samples"] == 15 - 3 and tls_c["p50"] > 0  # C's successful even seconds of 0-29
+    assert sla_report(SlaScope(START, END, location="eu1"))["latency_ms"]["tls_ms"]["p50"] > 0
+    tls_series = records(sql_of("prober", "TLS handshake"), VARIABLES["prober"])
+    assert min(r["tls"] for r in tls_series) > 0
 
 
 def test_failures_are_counted_by_error_class_and_status(seeded: None) -> None:
@@ -446,16 +495,18 @@ def test_failures_are_counted_by_error_class_and_status(seeded: None) -> None:
     statuses: dict[str, int] = {}
     for row in records(sql_of("prober", "HTTP status codes"), VARIABLES["prober"]):
         statuses[row["metric"]] = statuses.get(row["metric"], 0) + row["samples"]
+    # The prober-side rows (no answer, since never asked) are not counted: 2 of them replace
+    # samples of us1's A at 50-51.
     assert statuses == {
-        "no answer": 5 + 5 + 5 + 10 + 3,
+        "no answer": 5 + 5 + 5 + 5 + 10 + 3,
         "503": 5 + 3,
-        "200": 2 * 55 + 2 * 30 - sum(FAILURE_COUNTS.values()),
+        "200": 2 * 55 + 3 * 30 - 2 - sum(FAILURE_COUNTS.values()),
     }
 
 
 def test_latency_series_leave_out_failed_samples(seeded: None) -> None:
     rows = records(sql_of("prober", "Total"), VARIABLES["prober"])
-    assert {r["metric"] for r in rows} == {f"{loc} {src}" for loc in ("us1", "eu1") for src in (A, B)}
+    assert {r["metric"] for r in rows} == {f"{loc} {src}" for loc in ("us1", "eu1") for src in (A, B)} | {f"eu1 {C}"}
     assert max(r["total"] for r in rows) < 100  # no 1500 ms timeout in the averages
 
 

@@ -7,12 +7,14 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from probes.prober.curl_transport import CurlMultiTransport
-from probes.prober.loop import MISSED, ProberLoop, Target
+from probes.prober.loop import MISSED, QUIET_AFTER_TICK, ProberLoop, Target
 from probes.prober.spool import Row, Spool
+from probes.prober.target_cache import TargetCache
 from probes.prober.testing import FakeClock, FakeResponse, FakeTransport, closed_port, local_http_server
 from probes.prober.ticks import (
     FileProbeIdStore,
@@ -22,7 +24,7 @@ from probes.prober.ticks import (
     SystemClock,
     TickScheduler,
 )
-from probes.prober.transport import OVERLOAD, STATUS, TIMEOUT, Completion, SampleKey
+from probes.prober.transport import NOT_STARTED, OVERLOAD, STATUS, TIMEOUT, Completion, SampleKey
 from probes.prober.writer import BatchWriter
 
 FAST = Target("fast", "http://fast.example/")
@@ -46,7 +48,7 @@ class Harness:
         targets: Sequence[Target] | Callable[[], Sequence[Target]],
         *,
         respond: Callable[[SampleKey, str], FakeResponse] = respond_by_url,
-        **loop_options: float,
+        **loop_options: Any,
     ) -> None:
         self.clock = FakeClock(wall=1_700_000_000.4, mono=100.0)
         self.transport = FakeTransport(self.clock, respond)
@@ -61,7 +63,7 @@ class Harness:
             load_targets=load,
             emit=lambda rows: self.emitted.append(list(rows)),
             run_async=lambda fn: fn(),  # reload inline: deterministic
-            **loop_options,  # type: ignore[arg-type]
+            **loop_options,
         )
 
     @property
@@ -156,6 +158,48 @@ def test_the_in_flight_bound_records_overload_instead_of_dropping() -> None:
     assert len(h.transport.started) + len(overload) == 3 * 3  # every sample started or recorded
 
 
+def test_the_in_flight_bound_starves_a_different_target_each_tick() -> None:
+    def respond(key: SampleKey, url: str) -> FakeResponse:
+        return FakeResponse(duration=0.5)  # done before the next tick: two slots each tick
+
+    targets = [Target(f"t{i}", f"http://t{i}.example/") for i in range(4)]
+    h = Harness(targets, respond=respond, max_in_flight=2)
+    h.loop.run(max_ticks=4)
+    starved_by_tick = [
+        sorted(source for source, row in group.items() if row["error_class"] == OVERLOAD)
+        for _, group in sorted(h.by_probe().items())
+    ]
+    # A fixed order would starve t2 and t3 at every tick; the starved go first next time.
+    assert starved_by_tick == [["t2", "t3"], ["t0", "t1"], ["t2", "t3"], ["t0", "t1"]]
+
+
+def test_without_overload_the_targets_start_in_their_order_every_tick() -> None:
+    targets = [Target(f"t{i}", f"http://t{i}.example/") for i in range(4)]
+    h = Harness(targets)
+    h.loop.run(max_ticks=3)
+    order = [key.source for key, _url, _at in h.transport.started]
+    assert order == ["t0", "t1", "t2", "t3"] * 3
+
+
+def test_an_unexpected_status_says_which_statuses_were_expected() -> None:
+    def respond(key: SampleKey, url: str) -> FakeResponse:
+        return FakeResponse(status=int(url.rsplit("/", 1)[1]))
+
+    h = Harness(
+        [
+            Target("default", "http://x/404"),
+            Target("listed", "http://x/302", ok_statuses=frozenset({200, 204, *range(300, 302)})),
+        ],
+        respond=respond,
+    )
+    h.loop.run(max_ticks=1)
+    errors = {r["source"]: (r["error_class"], r["error"]) for r in h.rows}
+    assert errors == {
+        "default": (STATUS, "HTTP 404, expected 200-399"),
+        "listed": (STATUS, "HTTP 302, expected 200,204,300-301"),
+    }
+
+
 def test_missed_ticks_are_counted_and_recorded_as_unknown() -> None:
     h = Harness([FAST, SLOW], missed_rows_max_ticks=300)
     ticks_seen = 0
@@ -187,7 +231,7 @@ def test_missed_ticks_are_counted_and_recorded_as_unknown() -> None:
 
 def test_missed_ticks_go_to_the_callback_and_not_into_samples_by_default() -> None:
     reported: list[MissedTicks] = []
-    h = Harness([FAST], on_missed=reported.append)  # type: ignore[arg-type]
+    h = Harness([FAST], on_missed=reported.append)
     h.transport.stall_next_poll(2.5)
     h.loop.run(max_ticks=3)
     (gap,) = reported
@@ -240,13 +284,79 @@ def test_a_failing_reload_keeps_probing_the_previous_targets() -> None:
     assert h.loop.stats.reload_failures >= 3
 
 
+def database_down() -> list[Target]:
+    raise ConnectionError("could not connect to server: Connection refused")
+
+
+def test_a_loop_started_while_the_database_is_down_probes_the_targets_it_last_loaded(tmp_path: Path) -> None:
+    cache = TargetCache(tmp_path / "targets.json")
+    Harness([FAST, SLOW], target_cache=cache).loop.run(max_ticks=1)  # the previous run
+
+    h = Harness(database_down, target_cache=TargetCache(tmp_path / "targets.json"))
+    h.loop.run(max_ticks=3)
+
+    assert Counter(r["source"] for r in h.rows) == {"fast": 3, "slow": 3}
+    assert h.loop.stats.targets_from_cache and h.loop.stats.targets == 2
+
+
+def test_the_first_list_the_database_gives_replaces_the_cached_one(tmp_path: Path) -> None:
+    cache = TargetCache(tmp_path / "targets.json")
+    cache.save([FAST, SLOW])
+    added = Target("added", "http://fast.example/added")
+    calls = 0
+
+    def load() -> list[Target]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return database_down()
+        return [FAST, added]
+
+    h = Harness(load, target_cache=cache, reload_interval=1.0)
+    h.loop.run(max_ticks=4)
+
+    sources_by_tick = [set(group) for _, group in sorted(h.by_probe().items())]
+    assert sources_by_tick[0] == {"fast", "slow"}
+    assert sources_by_tick[-1] == {"fast", "added"}
+    assert not h.loop.stats.targets_from_cache
+    assert cache.load() == [FAST, added]  # and it is what the next start falls back to
+
+
+def test_an_unchanged_target_list_is_not_rewritten_at_every_reload(tmp_path: Path) -> None:
+    cache = TargetCache(tmp_path / "targets.json")
+    Harness([FAST], target_cache=cache).loop.run(max_ticks=1)
+    written = (tmp_path / "targets.json").stat().st_ino
+
+    h = Harness([FAST], target_cache=cache, reload_interval=1.0)
+    h.loop.run(max_ticks=5)
+
+    assert h.loop.stats.reloads >= 4
+    assert (tmp_path / "targets.json").stat().st_ino == written  # an atomic rewrite is a new file
+
+
+def test_without_a_cache_a_loop_started_while_the_database_is_down_waits_for_it(tmp_path: Path) -> None:
+    h = Harness(database_down, target_cache=TargetCache(tmp_path / "targets.json"))
+    h.loop.run(max_ticks=2)
+    assert h.rows == [] and h.loop.stats.reload_failures >= 1
+
+
+def test_each_new_target_list_is_handed_over_once_it_is_in_use() -> None:
+    lists = iter([[FAST, SLOW], [FAST]])
+    seen: list[list[str]] = []
+    h = Harness(
+        lambda: next(lists, [FAST]), reload_interval=2.0, on_targets=lambda t: seen.append([x.source for x in t])
+    )
+    h.loop.run(max_ticks=4)
+    assert seen[:2] == [["fast", "slow"], ["fast"]]
+
+
 def test_duplicate_sources_are_probed_once() -> None:
     h = Harness([FAST, Target("fast", "http://other.example/")])
     h.loop.run(max_ticks=2)
     assert len(h.rows) == 2
 
 
-def test_a_target_the_transport_cannot_start_is_a_failed_sample() -> None:
+def test_a_transfer_the_transport_cannot_start_is_recorded_as_not_started() -> None:
     class Picky(FakeTransport):
         def start(self, key: SampleKey, url: str, timeout: float, **options: bool) -> None:
             if "bad" in url:
@@ -257,7 +367,8 @@ def test_a_target_the_transport_cannot_start_is_a_failed_sample() -> None:
     h.loop._transport = h.transport = Picky(h.clock, respond_by_url)
     h.loop.run(max_ticks=2)
     bad = [r for r in h.rows if r["source"] == "bad"]
-    assert len(bad) == 2 and all(r["ok"] is False and r["error_class"] == "error" for r in bad)
+    assert len(bad) == 2 and all(r["ok"] is False and r["error_class"] == NOT_STARTED for r in bad)
+    assert all(str(r["error"]).startswith("start failed: ") for r in bad)
 
 
 def test_stop_drains_in_flight_transfers_up_to_their_timeout() -> None:
@@ -288,6 +399,44 @@ def test_probe_ids_continue_after_a_restart_of_the_loop() -> None:
     h2.loop._scheduler = h2.scheduler
     h2.loop.run(max_ticks=3)
     assert min(int(str(r["probe_id"])) for r in h2.rows) > last
+
+
+def test_a_replay_keeps_off_the_ticks_of_a_real_loop(tmp_path: Path) -> None:
+    backlog = [{"probe_id": i, "source": "backlog", "ok": True} for i in range(60)]
+    spool = Spool(tmp_path / "spool")
+    spool.append(backlog)
+    replay_calls: list[tuple[float, float]] = []
+    received: list[Row] = []
+
+    def database(rows: Sequence[Row]) -> None:
+        started = time.monotonic()
+        time.sleep(0.05)  # each insert takes 50 ms
+        received.extend(rows)
+        if rows[0]["source"] == "backlog":
+            replay_calls.append((started, time.monotonic()))
+
+    with local_http_server() as base:
+        clock = SystemClock()
+        transport = RecordingTransport()
+        writer = BatchWriter(database, spool, replay_chunk=2)  # 30 chunks: 1.5 s of inserts at least
+        loop = ProberLoop(
+            clock=clock,
+            scheduler=TickScheduler(clock, ProbeIdAllocator(MemoryProbeIdStore())),
+            transport=transport,
+            load_targets=lambda: [Target("ok", f"{base}/")],
+            emit=writer.submit,
+        )
+        writer.pacer = loop.quiet_delay
+        writer.start()
+        loop.run(max_ticks=4)
+        writer.close(timeout=5.0)
+        transport.close()
+
+    assert [r for r in received if r["source"] == "backlog"] == backlog
+    tick_starts = sorted(transport.started_at.values())
+    for started, ended in replay_calls:
+        for tick in tick_starts:
+            assert not started - QUIET_AFTER_TICK < tick < ended, (started - tick, ended - tick)
 
 
 class Database:

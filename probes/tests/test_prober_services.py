@@ -229,6 +229,7 @@ def test_a_source_failing_alone_is_not_downtime_but_lowers_its_availability(minu
             "source": A,
             "ok": 35,
             "failed": 20,
+            "unmeasured": 0,
             "availability_pct": pytest.approx(100 * 35 / 55),
             "failure_ratio": pytest.approx(20 / 55),
             "coverage_pct": pytest.approx(100 * 55 / 60),
@@ -237,6 +238,7 @@ def test_a_source_failing_alone_is_not_downtime_but_lowers_its_availability(minu
             "source": B,
             "ok": 45,
             "failed": 10,
+            "unmeasured": 0,
             "availability_pct": pytest.approx(100 * 45 / 55),
             "failure_ratio": pytest.approx(10 / 55),
             "coverage_pct": pytest.approx(100 * 55 / 60),
@@ -305,6 +307,81 @@ def test_down_runs_split_by_a_short_gap_can_be_merged(db: None) -> None:
 
     assert [e["duration_s"] for e in split["downtime_events"]] == [2, 2]
     assert [(e["start"], e["end"]) for e in merged["downtime_events"]] == [(at(1), at(7))]
+
+
+def sample_at(second: int, source: str, error_class: str = "", **fields: Any) -> ProberSample:
+    ok = not error_class
+    return ProberSample(
+        ts=at(second),
+        probe_id=1000 + second,
+        location="us1",
+        source=source,
+        ok=ok,
+        disconnected=not ok,
+        status=200 if ok else None,
+        error_class=error_class,
+        **({"total_ms": 20.0} if ok else {}) | fields,
+    )
+
+
+@pytest.fixture
+def overloaded(db: None) -> None:
+    """Thirty seconds of two sources in which the prober itself failed now and then:
+
+    - seconds 0-9: both up;
+    - seconds 10-19: both ``overload`` (the in-flight bound was hit: nothing was measured);
+    - seconds 20-24: A ``aborted`` at shutdown, B timed out (measured: down);
+    - seconds 25-29: A ``not_started``, B up.
+    """
+    partitions.ensure(TABLE, T0.date(), T0.date())
+    rows = [sample_at(s, src) for s in range(10) for src in (A, B)]
+    rows += [sample_at(s, src, "overload") for s in range(10, 20) for src in (A, B)]
+    rows += [sample_at(s, A, "aborted") for s in range(20, 25)] + [sample_at(s, B, "timeout") for s in range(20, 25)]
+    rows += [sample_at(s, A, "not_started") for s in range(25, 30)] + [sample_at(s, B) for s in range(25, 30)]
+    ProberSample.objects.bulk_create(rows)
+
+
+def test_seconds_the_prober_could_not_measure_are_unknown_not_down(overloaded: None) -> None:
+    report = sla_report(SlaScope(T0, at(30), location="us1"))
+
+    assert (report["up_seconds"], report["down_seconds"], report["unknown_seconds"]) == (15, 5, 10)
+    assert report["uptime_pct"] == pytest.approx(75.0)  # 15 up of 20 measured; 15 of 30 if overload were down
+    assert report["coverage_pct"] == pytest.approx(100 * 20 / 30)
+
+
+def test_samples_the_prober_could_not_take_create_no_downtime(overloaded: None) -> None:
+    report = sla_report(SlaScope(T0, at(30), location="us1"))
+
+    # Only B's timeouts, alone among measured samples, made seconds down; the overload before
+    # them is unknown, so the event's start is not bounded (it may have begun earlier).
+    assert report["downtime_events"] == [
+        {"start": at(20), "end": at(25), "duration_s": 5, "bounded_start": False, "bounded_end": True}
+    ]
+
+
+def test_samples_the_prober_could_not_take_lower_no_availability_and_no_failure_ratio(overloaded: None) -> None:
+    report = sla_report(SlaScope(T0, at(30), location="us1"))
+
+    a, b = report["sources"]
+    assert (a["source"], a["ok"], a["failed"], a["unmeasured"], a["availability_pct"]) == (A, 10, 0, 20, 100.0)
+    assert (b["source"], b["ok"], b["failed"], b["unmeasured"]) == (B, 15, 5, 10)
+    assert b["availability_pct"] == pytest.approx(75.0) and b["failure_ratio"] == pytest.approx(0.25)
+    assert a["coverage_pct"] == pytest.approx(100 * 10 / 30)
+    assert (report["samples"], report["unmeasured_samples"]) == (30, 30)
+    assert report["failure_ratio"] == pytest.approx(5 / 30)
+
+
+def test_tls_percentiles_count_only_samples_that_did_a_handshake(db: None) -> None:
+    partitions.ensure(TABLE, T0.date(), T0.date())
+    https = [sample_at(s, A, tls_ms=float(s), dns_ms=1.0) for s in range(1, 11)]
+    http = [sample_at(s, B, tls_ms=0.0, dns_ms=1.0) for s in range(1, 31)]
+    ProberSample.objects.bulk_create(https + http)
+
+    report = sla_report(SlaScope(T0, at(60), location="us1"))
+
+    # Over every sample the 30 zeros of plain HTTP would make p50 0 ms.
+    assert report["latency_ms"]["tls_ms"] == {"p50": 5.0, "p95": 10.0, "p99": 10.0}
+    assert report["latency_ms"]["dns_ms"] == {"p50": 1.0, "p95": 1.0, "p99": 1.0}  # the others: every sample
 
 
 # --- Retention --------------------------------------------------------------------------------

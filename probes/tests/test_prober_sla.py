@@ -17,6 +17,7 @@ from probes.prober.sla import (
     count_per_second,
     count_per_source,
     downtime_events,
+    measured_ok,
     percentile,
     percentiles,
     phase_percentiles,
@@ -165,6 +166,22 @@ def test_phase_percentiles_use_successful_samples_only() -> None:
     assert result["total_ms"] == {50: 50.0, 90: 90.0}
     assert result["tls_ms"] == {}
     assert result["connect_ms"] == {}
+
+
+def test_tls_percentiles_leave_out_samples_without_a_handshake() -> None:
+    https = [{"ok": True, "tls_ms": float(i)} for i in range(11, 21)]
+    http = [{"ok": True, "tls_ms": 0.0}] * 30  # plain HTTP: no handshake, not a 0 ms one
+    result = phase_percentiles(https + http, phases=("tls_ms",), qs=(50, 99))
+    assert result["tls_ms"] == {50: 15.0, 99: 20.0}
+
+
+def test_samples_the_prober_could_not_take_are_no_samples_of_the_target() -> None:
+    rows: list[tuple[bool | None, str]] = [(True, ""), (False, "timeout"), (False, "http_status"), (False, "overload")]
+    rows += [(False, "not_started"), (False, "aborted"), (None, "missed")]
+    assert [measured_ok(ok, error_class) for ok, error_class in rows] == [True, False, False, None, None, None, None]
+    samples = [(float(T), f"s{i}", measured_ok(ok, cls)) for i, (ok, cls) in enumerate(rows[3:])]
+    # A second in which the prober took no sample at all is unknown, not down.
+    assert uptime(timeline(T, T + 1, count_per_second(samples))).unknown == 1
 
 
 def test_a_day_of_five_sources_is_computed_quickly() -> None:

@@ -243,3 +243,58 @@ def test_poll_before_start_is_an_error() -> None:
     scheduler, _ = make_scheduler(FakeClock())
     with pytest.raises(RuntimeError):
         scheduler.poll()
+
+
+# --- Quiet windows: when other work of the process keeps off the ticks --------------------------
+
+
+def test_work_that_fits_before_the_next_tick_starts_now() -> None:
+    clock = FakeClock(wall=WALL, mono=MONO)
+    scheduler, _ = make_scheduler(clock)
+    scheduler.start()
+    run_to_next(clock, scheduler)
+    clock.advance(0.3)
+    assert scheduler.quiet_delay(0.2, after=0.1) == 0.0  # ends 0.5 s before the next tick
+
+
+def test_work_that_would_run_into_the_next_tick_waits_until_just_after_it() -> None:
+    clock = FakeClock(wall=WALL, mono=MONO)
+    scheduler, _ = make_scheduler(clock)
+    scheduler.start()
+    run_to_next(clock, scheduler)
+    clock.advance(0.85)
+    assert scheduler.quiet_delay(0.2, after=0.1) == pytest.approx(0.15 + 0.1)
+
+
+def test_work_keeps_off_the_first_moments_after_a_tick() -> None:
+    clock = FakeClock(wall=WALL, mono=MONO)
+    scheduler, _ = make_scheduler(clock)
+    scheduler.start()
+    run_to_next(clock, scheduler)
+    clock.advance(0.04)
+    assert scheduler.quiet_delay(0.2, after=0.1) == pytest.approx(0.06)
+
+
+def test_a_due_tick_the_loop_has_not_run_yet_is_waited_for() -> None:
+    clock = FakeClock(wall=WALL, mono=MONO)
+    scheduler, _ = make_scheduler(clock)
+    scheduler.start()
+    run_to_next(clock, scheduler)
+    clock.advance(1.02)  # the loop is 20 ms late for the next tick
+    assert scheduler.quiet_delay(0.2, after=0.1) == pytest.approx(0.1)
+
+
+def test_work_too_long_for_any_window_only_keeps_off_the_tick_start() -> None:
+    clock = FakeClock(wall=WALL, mono=MONO)
+    scheduler, _ = make_scheduler(clock)
+    scheduler.start()
+    run_to_next(clock, scheduler)
+    clock.advance(0.5)
+    assert scheduler.quiet_delay(0.95, after=0.1) == 0.0  # waiting would not make it fit
+
+
+def test_before_start_the_first_tick_is_on_the_next_whole_wall_second() -> None:
+    clock = FakeClock(wall=WALL, mono=MONO)  # a quarter past: the first tick is 0.75 s away
+    scheduler, _ = make_scheduler(clock)
+    assert scheduler.quiet_delay(0.8, after=0.1) == pytest.approx(0.75 + 0.1)
+    assert scheduler.quiet_delay(0.5, after=0.1) == 0.0

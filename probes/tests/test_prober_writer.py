@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -133,6 +133,108 @@ def test_a_long_backlog_is_replayed_over_several_flushes_without_reordering(tmp_
     submitted += run_flushes(writer, clock, 201, 40)
     assert db.received == submitted
     assert writer.spool_depth == 0
+
+
+class PacedDatabase(Database):
+    """A sink on its own (fake) clock: every insert takes 300 ms, so a 0.5 s replay budget
+    holds two chunks. ``on_call`` runs before each insert (e.g. the loop submitting rows);
+    ``done`` is set once ``expect`` rows arrived."""
+
+    def __init__(self, clock: FakeTime, expect: int) -> None:
+        super().__init__()
+        self.clock = clock
+        self.expect = expect
+        self.done = threading.Event()
+        self.on_call: Callable[[], None] = lambda: None
+
+    def __call__(self, rows: Sequence[Row]) -> None:
+        self.on_call()
+        self.clock.now += 0.3
+        super().__call__(rows)
+        if len(self.received) >= self.expect:
+            self.done.set()
+
+
+def spool_backlog(tmp_path: Path, ticks: int) -> list[Row]:
+    """What an outage left in the spool: ``ticks`` ticks of 3 rows."""
+    spool = Spool(tmp_path)
+    backlog = [row for probe_id in range(ticks) for row in tick_rows(probe_id)]
+    spool.append(backlog)
+    spool.close()
+    return backlog
+
+
+def test_a_backlog_is_replayed_back_to_back_not_one_budget_per_flush_interval(tmp_path: Path) -> None:
+    backlog = spool_backlog(tmp_path, 20)
+    clock = FakeTime()
+    db = PacedDatabase(clock, expect=len(backlog))
+    # Ten flushes' worth of budget, and an hour between flushes: a writer that waited a flush
+    # interval after each budget would replay two chunks, then nothing for an hour.
+    writer = BatchWriter(db, Spool(tmp_path), clock=clock, replay_chunk=3, replay_budget=0.5, flush_interval=3600)
+
+    writer.start()
+    replayed = db.done.wait(10)
+    writer.close(timeout=2.0)
+
+    assert replayed and db.received == backlog
+    assert writer.stats.flushes >= 10  # the budget still bounded each flush
+    assert writer.spool_depth == 0
+
+
+def test_rows_submitted_during_a_replay_follow_the_backlog_in_order(tmp_path: Path) -> None:
+    backlog = spool_backlog(tmp_path, 20)
+    clock = FakeTime()
+    db = PacedDatabase(clock, expect=len(backlog) + 3 * 5)
+    writer = BatchWriter(db, Spool(tmp_path), clock=clock, replay_chunk=3, replay_budget=0.5, flush_interval=3600)
+    live: list[Row] = []
+
+    def tick() -> None:  # the loop hands over a tick's rows while the replay runs
+        if len(live) < 3 * 5 and db.calls % 3 == 0:
+            rows = tick_rows(100 + len(live) // 3)
+            live.extend(rows)
+            writer.submit(rows)
+
+    db.on_call = tick
+    writer.start()
+    replayed = db.done.wait(10)
+    writer.close(timeout=2.0)
+
+    assert replayed and db.received == backlog + live
+    assert writer.stats.rows_spooled == len(live)  # behind the backlog, not ahead of it
+
+
+def test_a_sink_that_fails_during_a_replay_sends_the_writer_back_to_its_back_off(tmp_path: Path) -> None:
+    spool_backlog(tmp_path, 20)
+    db, clock = Database(fail_first=2), FakeTime()
+    writer = make_writer(db, tmp_path, clock, replay_chunk=3)
+
+    assert writer.flush_once() is False  # the sink failed: wait, do not hammer it
+    assert db.calls == 1 and writer.spool_depth == 60
+
+    clock.now += 1.0
+    writer.flush_once()
+    clock.now += 2.0
+    assert writer.flush_once() is False  # the whole backlog went within the budget
+    assert len(db.received) == 60 and writer.spool_depth == 0
+
+
+def test_each_replayed_chunk_waits_for_the_pacer_first(tmp_path: Path) -> None:
+    backlog = spool_backlog(tmp_path, 4)
+    asked: list[float] = []
+
+    def pacer(chunk_seconds: float) -> float:  # the loop: "a tick is near, wait 50 ms" once
+        asked.append(chunk_seconds)
+        return 0.05 if len(asked) == 1 else 0.0
+
+    db = Database()
+    writer = BatchWriter(db, Spool(tmp_path), replay_chunk=3, pacer=pacer)
+    started = time.monotonic()
+    writer.flush_once()
+    elapsed = time.monotonic() - started
+
+    assert db.received == backlog and db.batches == [3] * 4
+    assert len(asked) == 1 + 4 and all(seconds > 0 for seconds in asked)  # asked again after waiting
+    assert elapsed >= 0.05
 
 
 def test_rows_spooled_by_a_previous_process_are_replayed_first(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from netring_site.embedded import EmbeddedPostgres, free_port
 from probes.models import ProberSample, ProberTarget
+from probes.prober.spool import Spool
 from probes.prober.testing import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,6 +346,22 @@ def test_it_measures_phase_durations_and_classifies_failures(
     assert failures("server-error") == {(False, False, 503, "http_status")}
 
 
+def test_an_unexpected_status_is_stored_with_what_was_expected(
+    run_prober: Callable[..., ProberProcess], http_server: TargetServer
+) -> None:
+    target("not-found", http_server.url("/status/404?message"))
+    target("only-204", http_server.url("/?message"), expected_status="204,300-302")
+
+    prober = run_prober("message", "--ticks", "2")
+
+    assert prober.wait() == 0, prober.output()
+    errors = {(r.source, r.error_class, r.error) for r in rows_of("message")}
+    assert errors == {
+        (http_server.url("/status/404?message"), "http_status", "HTTP 404, expected 200-399"),
+        (http_server.url("/?message"), "http_status", "HTTP 200, expected 204,300-302"),
+    }
+
+
 CURL_TIMES = (
     "%{time_namelookup} %{time_connect} %{time_appconnect} %{time_pretransfer} %{time_starttransfer} %{time_total}"
 )
@@ -464,6 +481,34 @@ def test_it_exports_its_metrics(run_prober: Callable[..., ProberProcess], http_s
     assert metrics[f"netring_prober_phase_seconds_count{{phase=ttfb,source={http_server.url('/?metrics')}}}"] >= 2
     for name in ("netring_prober_tick_lateness_seconds{}", "netring_prober_in_flight{}"):
         assert name in metrics
+    assert metrics["netring_prober_wall_clock_drift_seconds{}"] == pytest.approx(0, abs=0.5)
+    lateness = "netring_prober_tick_start_lateness_seconds"
+    assert metrics[f"{lateness}_count{{}}"] == metrics[f"{lateness}_bucket{{le=+Inf}}"] >= 3
+    assert metrics[f"{lateness}_bucket{{le=1.0}}"] == metrics[f"{lateness}_count{{}}"]
+    assert metrics["netring_prober_targets_from_cache{}"] == 0
+
+
+# --- A start while the database is down -------------------------------------------------------
+
+
+def test_a_prober_started_while_the_database_is_down_probes_the_targets_it_last_loaded(
+    run_prober: Callable[..., ProberProcess], http_server: TargetServer, tmp_path: Path
+) -> None:
+    target("cached", http_server.url("/?cached"))
+    assert run_prober("cached", "--ticks", "1").wait() == 0  # loads the targets, keeps a copy
+    before = len(http_server.arrivals("/?cached"))
+
+    with contextlib.closing(socket.socket()) as nothing:
+        nothing.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        unreachable = f"postgresql://netring:netring@127.0.0.1:{nothing.getsockname()[1]}/netring"
+        prober = run_prober("cached", "--ticks", "3", database=unreachable)
+        assert prober.wait() == 0, prober.output()
+
+    assert "probing the 1 target(s) cached in" in prober.output()
+    assert len(http_server.arrivals("/?cached")) - before == prober.ticks() == 3
+    spooled = Spool(tmp_path / "data" / "prober-cached" / "spool").read_batch(100)
+    assert spooled is not None
+    assert [(r["source"], r["ok"]) for r in spooled.rows] == [(http_server.url("/?cached"), True)] * 3
 
 
 # --- The outage test --------------------------------------------------------------------------

@@ -23,15 +23,21 @@ from probes import prober_services
 from probes.prober.curl_transport import CurlMultiTransport
 from probes.prober.loop import ProberLoop, Target
 from probes.prober.spool import Row, Spool
+from probes.prober.target_cache import TargetCache
 from probes.prober.ticks import Clock, FileProbeIdStore, ProbeIdAllocator, SystemClock, TickScheduler
 from probes.prober.writer import BatchWriter
-from probes.prober_metrics import ProberCollector, phase_observer
+from probes.prober_metrics import PhaseMetrics, ProberCollector
 
 log = logging.getLogger("netring.prober")
 
 # A replayed chunk is one COPY: large chunks replay a long outage's backlog quickly (see
 # bench/prober.py), small enough that one chunk stays well inside the writer's sink timeout.
 REPLAY_CHUNK = 5000
+
+
+def make_writer(location: str, spool: Spool) -> BatchWriter:
+    """The writer as production runs it (``bench/prober.py`` measures this very one)."""
+    return BatchWriter(prober_services.make_sink(location), spool, replay_chunk=REPLAY_CHUNK)
 
 
 @dataclass
@@ -64,7 +70,8 @@ def build(
     clock: Clock | None = None,
     scheduler: Callable[[Clock, ProbeIdAllocator], TickScheduler] = TickScheduler,
 ) -> Prober:
-    """Wire the loop to the database, the spool in ``state`` and the metrics registry.
+    """Wire the loop to the database, the spool and the target cache in ``state``, and the
+    metrics registry.
 
     ``scheduler`` lets a benchmark record every tick; everything else is what production runs.
     """
@@ -72,12 +79,12 @@ def build(
     clock = clock or SystemClock()
     store = FileProbeIdStore(state / "probe_id")
     transport = CurlMultiTransport()
-    writer = BatchWriter(prober_services.make_sink(location), Spool(state / "spool"), replay_chunk=REPLAY_CHUNK)
+    writer = make_writer(location, Spool(state / "spool"))
     registry = CollectorRegistry()
-    observe = phase_observer(location, registry)
+    phases = PhaseMetrics(location, registry)
 
     def emit(rows: Sequence[Row]) -> None:
-        observe(rows)
+        phases.observe(rows)
         writer.submit(rows)
 
     def load_targets() -> list[Target]:
@@ -96,7 +103,10 @@ def build(
         emit=emit,
         max_in_flight=settings.NETRING_PROBER_MAX_IN_FLIGHT,
         reload_interval=settings.NETRING_PROBER_RELOAD,
+        on_targets=phases.retain,
+        target_cache=TargetCache(state / "targets.json"),
     )
+    writer.pacer = loop.quiet_delay  # replay keeps off the ticks
     registry.register(ProberCollector(location, loop, writer))
     return Prober(location, state, loop, writer, transport, store, registry)
 
