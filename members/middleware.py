@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from members import auth, services, tokens
@@ -32,9 +33,23 @@ class HeartbeatFastPath:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.method == "POST" and request.path_info in HEARTBEAT_PATHS:
             token = _own_token(request)
-            if token is not None and services.heartbeat(token) is services.Beat.OK:
+            if token is not None and _heartbeat(token):
                 return _answer(token.instance_id)
         return self.get_response(request)
+
+
+def _heartbeat(token: tokens.MemberToken) -> bool:
+    """Record it; False when the views must answer (refused, or the database failed)."""
+    # Django checks a reused connection with a SELECT 1 before each request's first query
+    # (CONN_HEALTH_CHECKS), a second round trip for a one-statement request. Here the heartbeat
+    # itself is the check: if the connection turns out dead, it is closed and the views retry
+    # on a new one, so a PostgreSQL restart still costs no request an error.
+    connection.health_check_done = True
+    try:
+        return services.heartbeat(token) is services.Beat.OK
+    except DatabaseError:
+        connection.close()
+        return False
 
 
 def _own_token(request: HttpRequest) -> tokens.MemberToken | None:

@@ -6,7 +6,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
 import pytest
+from django.db import connection
 from django.test import Client
 
 from members import services
@@ -109,3 +111,21 @@ def test_it_leaves_everything_else_to_the_views(make_member: MakeMember, setting
 
     assert slow == fast
     assert slow[0] >= 400
+
+
+def test_a_connection_the_database_dropped_costs_no_heartbeat_an_error(
+    transactional_db: None, make_member: MakeMember, settings: Any
+) -> None:
+    # The fast path skips Django's per-request SELECT 1: the heartbeat is the check, and a dead
+    # connection (PostgreSQL restarted, a proxy timed it out) is replaced within the request.
+    registration = make_member()
+    assert answer(settings, True, PATHS[0], None, str(registration.token))[0] == 200
+    pid = connection.connection.info.backend_pid
+    with psycopg2.connect(**connection.get_connection_params()) as other, other.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        assert cursor.fetchone() == (True,)
+
+    status, body, by_views = answer(settings, True, PATHS[0], None, str(registration.token))
+
+    assert (status, body["status"], by_views) == (200, "ok", True)
+    assert connection.connection.info.backend_pid != pid
