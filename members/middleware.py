@@ -44,7 +44,7 @@ def _heartbeat(token: tokens.MemberToken) -> bool:
     # (CONN_HEALTH_CHECKS), a second round trip for a one-statement request. Here the heartbeat
     # itself is the check: if the connection turns out dead, it is closed and the views retry
     # on a new one, so a PostgreSQL restart still costs no request an error.
-    connection.health_check_done = True
+    connection.health_check_done = True  # type: ignore[attr-defined]  # set by Django at run time, not in the stubs
     try:
         return services.heartbeat(token) is services.Beat.OK
     except DatabaseError:
