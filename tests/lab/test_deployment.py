@@ -281,8 +281,8 @@ def test_2_link_cut(deployment: Deployment, report: Report) -> None:
             not fresh_from_cut,
         )
     finally:
-        restored_at = now()
-        lab.set_uplink(cut, True)
+        lab.set_uplink(cut, True)  # returns once the carrier is up and the routes are back
+        restored_at = now()  # a round dispatched while that was under way is not "after the restore"
     began = time.monotonic()
     lab.wait_rounds(restored_at, 1, timeout=4 * t.check_interval)
     recovered = time.monotonic() - began
