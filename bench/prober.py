@@ -8,7 +8,8 @@ else differs from production. In the same minutes a naive loop (start the fetche
 ``time.sleep(1)``, the usual way to write "every second") runs in a third process against the
 same targets, for the drift baseline.
 
-Replay: 200,000 rows are appended to a prober's spool (as an outage leaves it), then that
+Replay: 200,000 rows are appended to a prober's spool as an outage leaves it (one record of 50
+rows per second, in the COPY text the writer spools), then that
 prober starts as ``run_prober`` builds it, in its own process, probing 50 local targets: its
 writer replays the backlog with the production settings (thread, flush interval, replay
 budget, chunk size, ``make_sink``'s COPY, and the pacing that keeps replay off the ticks) while
@@ -152,6 +153,7 @@ def _replay(state: Path) -> bool:
 
     from probes.management.commands.run_prober import REPLAY_CHUNK
     from probes.models import ProberSample, ProberTarget
+    from probes.prober import copy_text
     from probes.prober.spool import Row, Spool
 
     # An hour and more of 50 targets, ending now (the partitions of today and yesterday exist).
@@ -178,9 +180,11 @@ def _replay(state: Path) -> bool:
         for t in range(TARGETS)
     ]
     ProberSample.objects.filter(location__in=[REPLAY_LOCATION, "bench-bulk"]).delete()
-    spool = Spool(state / "spool")
-    for i in range(0, len(rows), 5000):
-        spool.append(rows[i : i + 5000])
+    # One record per second of rows, as the writer spools them during an outage (one per flush).
+    spool = Spool(state / "spool", fsync=False)
+    for i in range(0, len(rows), TARGETS):
+        tick = rows[i : i + TARGETS]
+        spool.append(copy_text.encode(REPLAY_LOCATION, tick), len(tick))
     spool.close()
 
     # The prober as run_prober builds it, started with that backlog, as after an outage.

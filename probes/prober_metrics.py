@@ -81,6 +81,13 @@ class ProberCollector(Collector):
         for fate in ("written", "replayed", "spooled", "rejected", "dropped"):
             rows.add_metric([self.location, fate], getattr(wstats, f"rows_{fate}"))
         yield rows
+        corrupt = CounterMetricFamily(
+            "netring_prober_spool_corrupt_records",
+            "Damaged spool records skipped (torn or failing their CRC, e.g. after a power loss).",
+            labels=["location"],
+        )
+        corrupt.add_metric(loc, self.writer.spool.corrupt_records)
+        yield corrupt
 
     def _lateness_histogram(self) -> HistogramMetricFamily:
         stats = self.loop.stats

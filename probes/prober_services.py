@@ -9,9 +9,9 @@ import contextlib
 import io
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg2
@@ -22,32 +22,17 @@ from django.db.models import Q
 from probes import partitions
 from probes.checks.http import StatusRange
 from probes.models import ProberSample, ProberTarget
-from probes.prober import sla
+from probes.prober import copy_text, sla
 from probes.prober.loop import Target
-from probes.prober.spool import Row
 from probes.prober.transport import PROBER_SIDE
 from probes.prober.writer import RejectedRowsError
 
-_COLUMNS = (
-    "ts",
-    "probe_id",
-    "location",
-    "source",
-    "target_id",
-    "ok",
-    "disconnected",
-    "status",
-    "error_class",
-    "error",
-    "dns_ms",
-    "connect_ms",
-    "tls_ms",
-    "ttfb_ms",
-    "total_ms",
-)
-_COLUMN_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in copy_text.COLUMNS)
 _TABLE = ProberSample._meta.db_table
 _SQL_COPY = f'COPY "{_TABLE}" ({_COLUMN_LIST}) FROM STDIN'
+# psycopg2 hands COPY data to the server in pieces of this size (8 KiB by default): a replayed
+# chunk of 5,000 rows is ~1 MB, sent in one piece instead of a hundred.
+_COPY_BUFFER = 1 << 20
 # The slow path, for a batch of which some rows are stored already (a replay after a sink call
 # that was abandoned as stuck but did commit): the unique key skips those.
 _SQL_TEMP = f'CREATE TEMPORARY TABLE prober_batch (LIKE "{_TABLE}" INCLUDING DEFAULTS) ON COMMIT DROP'
@@ -56,7 +41,6 @@ _SQL_INSERT = (
     f'INSERT INTO "{_TABLE}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM prober_batch '  # noqa: S608
     "ON CONFLICT (location, source, probe_id, ts) DO NOTHING"
 )
-_PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
 # A row that measured the target; the others (missed ticks, and samples the prober itself could
 # not take: overload, not started, aborted) are kept in the table but count as unknown in every
 # SLA figure, like a second without rows (``sla.measured_ok`` is the same rule in Python).
@@ -91,52 +75,9 @@ def targets_for(location: str) -> list[Target]:
     ]
 
 
-def _copy_value(value: object) -> str:
-    if value is None:
-        return r"\N"
-    kind = type(value)
-    if kind is float or kind is int:  # most values: phases, ids (bool is not int here)
-        return str(value)
-    if kind is bool:
-        return "t" if value else "f"
-    text = str(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def copy_data(location: str, rows: Sequence[Row]) -> str:
-    """The rows in COPY's text format, columns in ``_COLUMNS`` order.
-
-    Replaying a spool formats hundreds of thousands of rows: the timestamp of a tick is formatted
-    once for all its sources, and the location once for the batch.
-    """
-    loc = _copy_value(location)
-    stamps: dict[object, str] = {}
-    lines = []
-    for row in rows:
-        ts = row["ts"]
-        stamp = stamps.get(ts)
-        if stamp is None:
-            stamp = stamps[ts] = datetime.fromtimestamp(float(ts), tz=UTC).isoformat()  # type: ignore[arg-type]
-        values = [
-            stamp,
-            str(row["probe_id"]),
-            loc,
-            _copy_value(row["source"]),
-            _copy_value(row.get("target_id")),
-            _copy_value(row["ok"]),
-            _copy_value(row["disconnected"]),
-            _copy_value(row.get("status")),
-            _copy_value(row.get("error_class") or ""),
-            _copy_value(row.get("error") or ""),
-        ]
-        values += [_copy_value(row.get(name)) for name in _PHASES]
-        lines.append("\t".join(values))
-    lines.append("")
-    return "\n".join(lines)
-
-
-def make_sink(location: str) -> Callable[[Sequence[Row]], None]:
-    """The writer's sink: one COPY per batch (one transaction), idempotent.
+def make_sink() -> Callable[[bytes], None]:
+    """The writer's sink: one COPY of rows in COPY text (``copy_text.encode``) per batch, in one
+    transaction, idempotent.
 
     The writer calls it on a new short-lived thread each time, so Django's per-thread
     connection would mean a new PostgreSQL connection (and password exchange) per flush, and
@@ -158,10 +99,9 @@ def make_sink(location: str) -> Callable[[Sequence[Row]], None]:
         held[:] = [wrapper.get_new_connection(params)]
         return held[0]
 
-    def sink(rows: Sequence[Row]) -> None:
-        if not rows:
+    def sink(data: bytes) -> None:
+        if not data:
             return
-        data = copy_data(location, rows)
         with lock:
             try:
                 try:
@@ -170,7 +110,7 @@ def make_sink(location: str) -> Callable[[Sequence[Row]], None]:
                     # PostgreSQL reports a row outside every partition as a check violation.
                     if "no partition" not in str(exc):
                         raise
-                    _create_partitions(rows)
+                    _create_partitions(copy_text.days(data))
                     _insert(connect(), data)
             except (psycopg2.IntegrityError, psycopg2.DataError) as exc:
                 raise RejectedRowsError(str(exc).strip()) from exc
@@ -181,19 +121,19 @@ def make_sink(location: str) -> Callable[[Sequence[Row]], None]:
     return sink
 
 
-def _insert(conn: Any, data: str) -> None:
+def _insert(conn: Any, data: bytes) -> None:
     """COPY the batch straight into the table; if any row of it is stored already, insert it
     again through a temporary table with ON CONFLICT DO NOTHING (about half as fast)."""
     try:
-        _transaction(conn, lambda cursor: cursor.copy_expert(_SQL_COPY, io.StringIO(data)))
+        _transaction(conn, lambda cursor: cursor.copy_expert(_SQL_COPY, io.BytesIO(data), size=_COPY_BUFFER))
     except psycopg2.errors.UniqueViolation:
         _transaction(conn, lambda cursor: _insert_missing(cursor, data))
 
 
-def _insert_missing(cursor: Any, data: str) -> None:
+def _insert_missing(cursor: Any, data: bytes) -> None:
     cursor.execute(_SQL_TEMP)
     cursor.execute("ALTER TABLE prober_batch DROP COLUMN id")
-    cursor.copy_expert(_SQL_COPY_TEMP, io.StringIO(data))
+    cursor.copy_expert(_SQL_COPY_TEMP, io.BytesIO(data), size=_COPY_BUFFER)
     cursor.execute(_SQL_INSERT)
 
 
@@ -208,8 +148,7 @@ def _transaction(conn: Any, work: Callable[[Any], None]) -> None:
         raise
 
 
-def _create_partitions(rows: Sequence[Row]) -> None:
-    days = {datetime.fromtimestamp(float(r["ts"]), tz=UTC).date() for r in rows}  # type: ignore[arg-type]
+def _create_partitions(days: set[date]) -> None:
     try:
         for day in days:
             partitions.ensure(_TABLE, day, day)

@@ -10,6 +10,7 @@ Modules:
 - ``curl_transport``: that interface on one pycurl ``CurlMulti``.
 - ``loop``: the prober loop (targets x ticks -> sample rows).
 - ``target_cache``: the last target list loaded, for a start while the database is down.
+- ``copy_text``: sample rows in COPY text, the one encoding for the database and the spool.
 - ``spool``: append-only, fsync'd local spool for rows the database has not taken yet.
 - ``writer``: batching writer that keeps the loop's cadence while the database is down or slow.
 - ``sla``: uptime, downtime events and latency percentiles over stored samples.

@@ -7,12 +7,22 @@ Layout of the spool directory::
     cursor.json                    {"segment": 1, "offset": 4096}: everything before is committed
     rejected.log                   rows the sink refused as invalid (kept for a human)
 
-Record framing: one line per row, ``<crc32 as 8 hex digits> <compact JSON>\\n``. JSON keeps the
-spool readable with ``cut -c10- | jq`` during an incident, and at ~10 rows/s the size difference
-against a binary framing does not matter. The CRC catches what a trailing-newline check alone
-would not: after a power loss some filesystems leave zero-filled or stale blocks at the end of a
-file. A record that is torn (no newline), fails its CRC or is not JSON is skipped and counted,
-never returned; the reader re-synchronises on the next newline.
+Record framing: one record per :meth:`Spool.append` (a writer flush, about a second of rows)::
+
+    #<crc32 of the payload, 8 hex digits> <rows> <payload bytes>\\n
+    <payload: the rows, one line each>
+
+The payload is opaque here; the prober stores its rows in PostgreSQL's COPY text format
+(``probes.prober.copy_text``), so a replay hands the bytes to ``COPY`` exactly as they were
+written, with no decoding or formatting per row, and an operator can still read a segment
+with ``grep -v '^#'``. The CRC catches what a trailing-newline check alone would not: after a
+power loss some filesystems leave zero-filled or stale blocks at the end of a file. A record
+that is torn (cut short), fails its CRC or whose line count disagrees with its header is
+skipped and counted, never returned; the reader re-synchronises on the next header line.
+
+Segments written before this framing (one ``<crc32> <json>`` line per row) are still read:
+each such row is converted with the ``legacy`` encoder given to the spool, so a prober upgraded
+in the middle of an outage loses nothing.
 
 Guarantees:
 
@@ -36,10 +46,10 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from probes.prober.ticks import atomic_write
 
@@ -47,8 +57,12 @@ log = logging.getLogger(__name__)
 
 JsonScalar = str | int | float | bool | None
 Row = dict[str, JsonScalar]
+Encoder = Callable[[Sequence[Row]], bytes]
+"""Turns rows into a record payload: one line per row, each ending with a newline."""
 
 _SEGMENT_RE = re.compile(r"^seg-(\d{20})\.log$")
+_HEADER_RE = re.compile(rb"^#([0-9a-f]{8}) (\d{1,9}) (\d{1,12})\n$")
+_LEGACY_RE = re.compile(rb"^[0-9a-f]{8} \{")
 _CURSOR = "cursor.json"
 _REJECTED = "rejected.log"
 
@@ -61,20 +75,22 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class SpoolBatch:
-    """Rows read from the spool, with the position just after the last one (for commit)."""
+    """Records read from the spool: their payloads joined, how many rows they hold, and the
+    position just after the last one (for commit)."""
 
-    rows: list[Row]
+    data: bytes
+    rows: int
     start: Position
     end: Position
 
 
-def encode(row: Row) -> bytes:
-    payload = json.dumps(row, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    return b"%08x " % zlib.crc32(payload) + payload + b"\n"
+def frame(payload: bytes, rows: int) -> bytes:
+    """One record: header line, then the payload."""
+    return b"#%08x %d %d\n" % (zlib.crc32(payload), rows, len(payload)) + payload
 
 
-def decode(line: bytes) -> Row | None:
-    """Decode one framed line (without its newline); None if it is damaged."""
+def decode_legacy(line: bytes) -> Row | None:
+    """One row of the earlier ``<crc32> <json>`` framing (without its newline); None if damaged."""
     if len(line) < 10 or line[8:9] != b" ":
         return None
     payload = line[9:]
@@ -87,13 +103,30 @@ def decode(line: bytes) -> Row | None:
     return value if isinstance(value, dict) else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    payload: bytes  # empty for a damaged record, which only moves the read position on
+    rows: int
+    end: int  # file offset just after the record
+
+
 class Spool:
     """Append-only segmented spool with a committed-read cursor. Thread-safe."""
 
-    def __init__(self, directory: Path, *, segment_max_bytes: int = 16 * 1024 * 1024, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_max_bytes: int = 16 * 1024 * 1024,
+        fsync: bool = True,
+        legacy: Encoder | None = None,
+    ) -> None:
+        """``legacy`` converts rows of the earlier JSON framing into payloads (see the module
+        docstring); without it such rows are skipped as damaged."""
         self.directory = directory
         self.segment_max_bytes = segment_max_bytes
         self._fsync = fsync
+        self._legacy = legacy
         self._lock = threading.Lock()
         self.corrupt_records = 0  # damaged records skipped since start (metric)
         directory.mkdir(parents=True, exist_ok=True)
@@ -113,11 +146,11 @@ class Spool:
 
     # -- writing -------------------------------------------------------------------------
 
-    def append(self, rows: Sequence[Row]) -> None:
-        """Append ``rows`` in order; returns once they are on disk (fsync)."""
+    def append(self, payload: bytes, rows: int) -> None:
+        """Append one record of ``rows`` rows; returns once it is on disk (fsync)."""
         if not rows:
             return
-        data = b"".join(encode(r) for r in rows)
+        data = frame(payload, rows)
         with self._lock:
             if self._active_fd < 0 or self._active_size >= self.segment_max_bytes:
                 self._open_new_segment()
@@ -127,14 +160,14 @@ class Spool:
             if self._fsync:
                 os.fsync(self._active_fd)
             self._active_size += len(data)
-            self._depth += len(rows)
+            self._depth += rows
 
-    def quarantine(self, rows: Sequence[Row]) -> None:
+    def quarantine(self, payload: bytes, rows: int) -> None:
         """Keep rows the sink rejected as invalid (not an outage) out of the replay path."""
         if not rows:
             return
         with self._lock, open(self.directory / _REJECTED, "ab") as f:
-            f.write(b"".join(encode(r) for r in rows))
+            f.write(frame(payload, rows))
             f.flush()
             if self._fsync:
                 os.fsync(f.fileno())
@@ -150,16 +183,17 @@ class Spool:
         return sum((self.directory / _segment_name(s)).stat().st_size for s in self._segments())
 
     def read_batch(self, max_rows: int) -> SpoolBatch | None:
-        """Return up to ``max_rows`` rows from the cursor on, oldest first, or None if empty.
+        """Return whole records from the cursor on, oldest first, until they hold ``max_rows``
+        rows or more (at least one record), or None if the spool is empty.
 
         Reading does not consume: the same rows come back until :meth:`commit`.
         """
         with self._lock:
             pos = self._cursor
             while True:
-                rows, end = self._read_from(pos, max_rows)
+                parts, rows, end = self._read_from(pos, max_rows)
                 if rows:
-                    return SpoolBatch(rows=rows, start=pos, end=end)
+                    return SpoolBatch(data=b"".join(parts), rows=rows, start=pos, end=end)
                 following = [s for s in self._segments() if s > pos.segment]
                 if not following:
                     return None
@@ -183,7 +217,7 @@ class Spool:
                     self._active += 1
                 end = Position(end.segment + 1, 0)
             self._write_cursor(end)
-            self._depth = max(0, self._depth - len(batch.rows))
+            self._depth = max(0, self._depth - batch.rows)
             self._delete_segments_before(end.segment)
 
     def close(self) -> None:
@@ -192,34 +226,73 @@ class Spool:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _read_from(self, pos: Position, max_rows: int) -> tuple[list[Row], Position]:
+    def _read_from(self, pos: Position, max_rows: int) -> tuple[list[bytes], int, Position]:
         path = self.directory / _segment_name(pos.segment)
-        rows: list[Row] = []
-        offset = pos.offset
+        parts: list[bytes] = []
+        rows = 0
+        end = pos.offset
         if not path.exists():  # segments are only deleted under the lock we hold
-            return rows, pos
+            return parts, rows, pos
         with open(path, "rb") as f:
-            f.seek(offset)
-            # Bounded read: a chunk of rows is a few hundred KiB at most.
-            while len(rows) < max_rows:
-                line = f.readline()
-                if not line:
-                    break
-                if not line.endswith(b"\n"):
-                    # Torn tail of a segment the previous process was writing when it died.
-                    # (The live active segment never has one: appends happen under the lock.)
-                    self.corrupt_records += 1
-                    log.warning("spool: ignoring torn record at %s:%d", path.name, offset)
-                    offset += len(line)
-                    break
-                offset += len(line)
-                row = decode(line[:-1])
-                if row is None:
-                    self.corrupt_records += 1
-                    log.warning("spool: skipping damaged record in %s before offset %d", path.name, offset)
+            f.seek(pos.offset)
+            for record in self._records(f, path.name, report=True):
+                end = record.end
+                if record.rows:
+                    parts.append(record.payload)
+                    rows += record.rows
+                    if rows >= max_rows:
+                        break
+        return parts, rows, Position(pos.segment, end)
+
+    def _records(self, f: BinaryIO, name: str, *, report: bool) -> Iterator[_Record]:
+        """The records from ``f``'s position on; damaged ones come back empty (and, with
+        ``report``, counted and logged) so the reader's position still moves past them."""
+        resyncing = False  # inside damage: skip lines quietly until the next valid record
+        while True:
+            start = f.tell()
+            line = f.readline()
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                # Torn tail of a segment the previous process was writing when it died.
+                # (The live active segment never has one: appends happen under the lock.)
+                self._damaged(report, "torn record", name, start)
+                yield _Record(b"", 0, f.tell())
+                return
+            header = _HEADER_RE.match(line)
+            if header is not None:
+                rows, length = int(header[2]), int(header[3])
+                payload = f.read(length)
+                if len(payload) < length:
+                    self._damaged(report, "torn record", name, start)
+                    yield _Record(b"", 0, f.tell())
+                    return
+                if zlib.crc32(payload) == int(header[1], 16) and payload.count(b"\n") == rows and rows:
+                    resyncing = False
+                    yield _Record(payload, rows, f.tell())
                     continue
-                rows.append(row)
-        return rows, Position(pos.segment, offset)
+                # Header or payload damaged, so the length may be wrong too: go on line by
+                # line right after the header.
+                self._damaged(report, "damaged record", name, start)
+                resyncing = True
+                f.seek(start + len(line))
+                yield _Record(b"", 0, f.tell())
+                continue
+            if self._legacy is not None and _LEGACY_RE.match(line):
+                row = decode_legacy(line[:-1])
+                if row is not None:
+                    resyncing = False
+                    yield _Record(self._legacy([row]), 1, f.tell())
+                    continue
+            if not resyncing:
+                self._damaged(report, "damaged record", name, start)
+                resyncing = True
+            yield _Record(b"", 0, f.tell())
+
+    def _damaged(self, report: bool, what: str, name: str, offset: int) -> None:
+        if report:
+            self.corrupt_records += 1
+            log.warning("spool: skipping %s in %s at offset %d", what, name, offset)
 
     def _segment_size(self, segment: int) -> int:
         if segment == self._active and self._active_fd >= 0:
@@ -230,13 +303,10 @@ class Spool:
             return 0
 
     def _count_rows(self, segment: int, offset: int) -> int:
-        count = 0
-        with open(self.directory / _segment_name(segment), "rb") as f:
+        path = self.directory / _segment_name(segment)
+        with open(path, "rb") as f:
             f.seek(offset)
-            for line in f:
-                if line.endswith(b"\n") and decode(line[:-1]) is not None:
-                    count += 1
-        return count
+            return sum(record.rows for record in self._records(f, path.name, report=False))
 
     def _segments(self) -> list[int]:
         found = []

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import socket
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from probes.prober.spool import Row
 from probes.prober.transport import ABORTED, TIMEOUT, Completion, Phases, SampleKey
 
 
@@ -42,6 +44,16 @@ class FakeClock:
     def step_wall(self, seconds: float) -> None:
         """Step the wall clock alone, like an NTP step or an operator's ``date -s``."""
         self._wall += seconds
+
+
+def json_lines(rows: Sequence[Row]) -> bytes:
+    """An encoder for writers under test: one JSON line per row, so sinks can read rows back
+    with :func:`from_json_lines` (production uses ``copy_text``)."""
+    return b"".join(json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows)
+
+
+def from_json_lines(data: bytes) -> list[Row]:
+    return [json.loads(line) for line in data.splitlines()]
 
 
 @dataclass(frozen=True, slots=True)

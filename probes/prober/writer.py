@@ -20,9 +20,11 @@ fraction of it, and every budget (~0.5 s) the flush still picks up the loop's ne
 appends them behind the backlog. A writer that starts with rows in its spool (left by a
 previous process) replays them right away.
 
-Replaying is CPU-bound Python (decoding the spool, formatting the COPY), and the loop's thread
-needs the interpreter lock to start a tick and to drive its transfers: a replay running
-through a tick made it start tens of milliseconds late. So the writer yields to the loop:
+Rows are encoded once, when a flush takes them (``encode``: the prober's COPY text): the same
+bytes go to the sink or to the spool, and a replay hands spooled bytes to the sink unchanged.
+Replaying still takes the interpreter lock (reading the spool, driving the COPY), and the
+loop's thread needs it to start a tick and to drive its transfers: a replay running through a
+tick made it start tens of milliseconds late. So the writer yields to the loop:
 before each chunk it asks ``pacer`` (the loop's ``quiet_delay``) how long to wait so that the
 chunk, as long as the previous ones took, ends before the next tick and starts after the
 tick's first moments. The loop's cadence stays what it is without a backlog, and replay keeps
@@ -53,12 +55,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from probes.prober.spool import Row, Spool
+from probes.prober.spool import Encoder, Row, Spool
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[Sequence[Row]], None]
-"""Writes rows upstream (one transaction); raises when the database is unavailable."""
+Sink = Callable[[bytes], None]
+"""Writes encoded rows upstream (one transaction); raises when the database is unavailable."""
 
 
 class RejectedRowsError(Exception):
@@ -103,15 +105,15 @@ class WriterStats:
 
 
 class _SinkCall:
-    def __init__(self, sink: Sink, rows: Sequence[Row]) -> None:
+    def __init__(self, sink: Sink, data: bytes) -> None:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._sink = sink
-        self._rows = rows
+        self._data = data
 
     def run(self) -> None:
         try:
-            self._sink(self._rows)
+            self._sink(self._data)
         except BaseException as exc:  # handed to the writer thread, which decides
             self.error = exc
         finally:
@@ -126,6 +128,7 @@ class BatchWriter:
         sink: Sink,
         spool: Spool,
         *,
+        encode: Encoder,
         flush_interval: float = 1.0,
         replay_chunk: int = 1000,
         replay_budget: float = 0.5,
@@ -139,8 +142,10 @@ class BatchWriter:
         pacer: Callable[[float], float] | None = None,
     ) -> None:
         """``pacer(seconds)`` says how long to wait before a replayed chunk expected to take
-        ``seconds`` (see the module docstring); None replays without waiting."""
+        ``seconds`` (see the module docstring); None replays without waiting. ``encode`` turns
+        rows into the bytes the sink and the spool take, one line per row."""
         self._sink = sink
+        self._encode = encode
         self.spool = spool
         self.flush_interval = flush_interval
         self.replay_chunk = replay_chunk
@@ -267,11 +272,12 @@ class BatchWriter:
             self._spool_rows(batch)  # keep order: the backlog goes first
             return replay is _Replay.OUT_OF_BUDGET
         if batch:
-            outcome = self._deliver(batch, timeout)
+            data = self._encode(batch)
+            outcome = self._deliver(data, len(batch), timeout)
             if outcome is _Outcome.OK:
                 self.stats.rows_written += len(batch)
             elif outcome is not _Outcome.REJECTED:
-                self._spool_rows(batch)
+                self._spool_rows(batch, data)
         return False
 
     def _replay(self, budget_end: float, timeout: float) -> _Replay:
@@ -289,21 +295,21 @@ class BatchWriter:
             chunk = self.spool.read_batch(self.replay_chunk)
             if chunk is None:
                 break
-            outcome = self._deliver(chunk.rows, timeout)
+            outcome = self._deliver(chunk.data, chunk.rows, timeout)
             if outcome not in (_Outcome.OK, _Outcome.REJECTED):
                 return _Replay.FAILED
             self.spool.commit(chunk)
             if outcome is _Outcome.OK:
-                self.stats.rows_replayed += len(chunk.rows)
+                self.stats.rows_replayed += chunk.rows
             self._chunk_seconds = 0.7 * self._chunk_seconds + 0.3 * (time.monotonic() - started)
         return _Replay.DONE
 
-    def _deliver(self, rows: Sequence[Row], timeout: float) -> _Outcome:
+    def _deliver(self, data: bytes, rows: int, timeout: float) -> _Outcome:
         if self._stuck is not None:
             if not self._stuck.done.is_set():
                 return _Outcome.UNAVAILABLE
             self._stuck = None
-        call = _SinkCall(self._sink, rows)
+        call = _SinkCall(self._sink, data)
         threading.Thread(target=call.run, name="prober-sink", daemon=True).start()
         if not call.done.wait(timeout):
             self._stuck = call
@@ -317,9 +323,9 @@ class BatchWriter:
             self.stats.last_success_at = self._clock()
             return _Outcome.OK
         if isinstance(call.error, RejectedRowsError):
-            log.error("writer: sink rejected %d rows, quarantined: %s", len(rows), call.error)
-            self.spool.quarantine(rows)
-            self.stats.rows_rejected += len(rows)
+            log.error("writer: sink rejected %d rows, quarantined: %s", rows, call.error)
+            self.spool.quarantine(data, rows)
+            self.stats.rows_rejected += rows
             return _Outcome.REJECTED
         self._failed(repr(call.error))
         return _Outcome.FAILED
@@ -332,11 +338,12 @@ class BatchWriter:
         self.stats.backoff_s = self._backoff
         log.warning("writer: sink unavailable (%s), retrying in %.1fs", why, self._backoff)
 
-    def _spool_rows(self, rows: list[Row]) -> None:
+    def _spool_rows(self, rows: list[Row], data: bytes | None = None) -> None:
+        """Spool ``rows``; ``data`` is their encoding when the flush made it already."""
         if not rows:
             return
         try:
-            self.spool.append(rows)
+            self.spool.append(self._encode(rows) if data is None else data, len(rows))
         except OSError:
             # Disk full or gone: keep the rows in memory (in order, ahead of newer ones) and
             # try again next flush; submit() bounds the memory this can take.

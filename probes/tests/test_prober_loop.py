@@ -15,7 +15,15 @@ from probes.prober.curl_transport import CurlMultiTransport
 from probes.prober.loop import MISSED, QUIET_AFTER_TICK, ProberLoop, Target
 from probes.prober.spool import Row, Spool
 from probes.prober.target_cache import TargetCache
-from probes.prober.testing import FakeClock, FakeResponse, FakeTransport, closed_port, local_http_server
+from probes.prober.testing import (
+    FakeClock,
+    FakeResponse,
+    FakeTransport,
+    closed_port,
+    from_json_lines,
+    json_lines,
+    local_http_server,
+)
 from probes.prober.ticks import (
     FileProbeIdStore,
     MemoryProbeIdStore,
@@ -404,11 +412,13 @@ def test_probe_ids_continue_after_a_restart_of_the_loop() -> None:
 def test_a_replay_keeps_off_the_ticks_of_a_real_loop(tmp_path: Path) -> None:
     backlog = [{"probe_id": i, "source": "backlog", "ok": True} for i in range(60)]
     spool = Spool(tmp_path / "spool")
-    spool.append(backlog)
+    for i in range(0, len(backlog), 2):  # records of two rows: the replay sends one per chunk
+        spool.append(json_lines(backlog[i : i + 2]), 2)
     replay_calls: list[tuple[float, float]] = []
     received: list[Row] = []
 
-    def database(rows: Sequence[Row]) -> None:
+    def database(data: bytes) -> None:
+        rows = from_json_lines(data)
         started = time.monotonic()
         time.sleep(0.05)  # each insert takes 50 ms
         received.extend(rows)
@@ -418,7 +428,7 @@ def test_a_replay_keeps_off_the_ticks_of_a_real_loop(tmp_path: Path) -> None:
     with local_http_server() as base:
         clock = SystemClock()
         transport = RecordingTransport()
-        writer = BatchWriter(database, spool, replay_chunk=2)  # 30 chunks: 1.5 s of inserts at least
+        writer = BatchWriter(database, spool, encode=json_lines, replay_chunk=2)  # 30 chunks: 1.5 s of inserts at least
         loop = ProberLoop(
             clock=clock,
             scheduler=TickScheduler(clock, ProbeIdAllocator(MemoryProbeIdStore())),
@@ -447,12 +457,12 @@ class Database:
         self.calls = 0
         self.received: list[Row] = []
 
-    def __call__(self, rows: Sequence[Row]) -> None:
+    def __call__(self, data: bytes) -> None:
         self.calls += 1
         if self.calls <= self.fail_first:
             raise ConnectionError("could not connect to server")
         time.sleep(0.3)  # a slow insert, on the writer's thread
-        self.received.extend(rows)
+        self.received.extend(from_json_lines(data))
 
 
 class RecordingTransport(CurlMultiTransport):
@@ -489,7 +499,7 @@ def test_five_real_ticks_with_pycurl_and_a_database_that_is_down_then_slow(tmp_p
         scheduler = TickScheduler(clock, ProbeIdAllocator(store))
         transport = RecordingTransport()
         db = Database(fail_first=2)
-        writer = BatchWriter(db, Spool(tmp_path / "spool"), flush_interval=0.5, backoff_initial=0.5)
+        writer = BatchWriter(db, Spool(tmp_path / "spool"), encode=json_lines, flush_interval=0.5, backoff_initial=0.5)
         emitted: list[Row] = []
 
         def emit(rows: Sequence[Row]) -> None:

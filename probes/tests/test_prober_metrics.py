@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from probes.prober.loop import ProberLoop, Target
 from probes.prober.spool import Row, Spool
-from probes.prober.testing import FakeClock, FakeResponse, FakeTransport
+from probes.prober.testing import FakeClock, FakeResponse, FakeTransport, json_lines
 from probes.prober.ticks import MemoryProbeIdStore, ProbeIdAllocator, TickScheduler
 from probes.prober.transport import SampleKey
 from probes.prober.writer import BatchWriter
@@ -39,8 +39,9 @@ class Prober:
             run_async=lambda fn: fn(),
             **options,  # type: ignore[arg-type]
         )
-        writer = BatchWriter(lambda rows: None, Spool(tmp_path / "spool"))
-        self.registry.register(ProberCollector("us1", self.loop, writer))
+        self.spool = Spool(tmp_path / "spool")
+        self.writer = BatchWriter(lambda data: None, self.spool, encode=json_lines)
+        self.registry.register(ProberCollector("us1", self.loop, self.writer))
 
     @staticmethod
     def respond(key: SampleKey, url: str) -> FakeResponse:
@@ -61,6 +62,20 @@ def test_the_wall_clock_drift_is_exported(tmp_path: Path) -> None:
     prober.loop.run(max_ticks=4)
 
     assert prober.value("netring_prober_wall_clock_drift_seconds") == pytest.approx(0.25)
+
+
+def test_spool_depth_and_damaged_records_are_exported(tmp_path: Path) -> None:
+    spooled = Prober(tmp_path, lambda: [HTTP])
+    spooled.spool.append(json_lines([{"probe_id": 1}, {"probe_id": 2}]), 2)
+    spooled.spool.close()
+    (segment,) = (tmp_path / "spool").glob("seg-*.log")
+    with open(segment, "ab") as f:
+        f.write(b"#00000000 1 3\nab")  # a record cut short by a power loss
+
+    prober = Prober(tmp_path, lambda: [HTTP])  # the next start finds it
+    assert prober.value("netring_prober_spool_depth") == 2
+    assert prober.spool.read_batch(10) is not None
+    assert prober.value("netring_prober_spool_corrupt_records_total") == 1
 
 
 def test_tick_lateness_is_exported_as_a_histogram(tmp_path: Path) -> None:

@@ -15,13 +15,15 @@ from django.utils import timezone
 from members.models import Location
 from probes import partitions
 from probes.models import ProberSample, ProberTarget
+from probes.prober import copy_text
 from probes.prober.spool import Row
 from probes.prober.writer import RejectedRowsError
 from probes.prober_services import SlaScope, make_sink, sla_report, targets_for
 
 TABLE = ProberSample._meta.db_table
-PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "total_ms")
+PHASES = copy_text.PHASES
 A, B = "https://a.example/", "https://b.example/"
+HOSTILE = "x\ty\r\nz \\N \\\\t é \u2028 '; --"  # COPY text must carry every one of these as is
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)  # the first second of the hand-made minute
 
 
@@ -71,6 +73,11 @@ def row(ts: datetime, source: str = A, probe_id: int | None = None, **fields: An
     }
 
 
+def encode(rows: list[Row]) -> bytes:
+    """Rows of us1 as the writer hands them to the sink."""
+    return copy_text.encode("us1", rows)
+
+
 def server_connections() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
@@ -80,11 +87,11 @@ def server_connections() -> int:
 
 def test_the_sink_stores_rows_and_a_replay_of_them_is_harmless(transactional_db: None) -> None:
     now = timezone.now().replace(microsecond=0)
-    rows = [row(now, A), row(now, B, status=None, ok=False, disconnected=True, error_class="refused", error="x\ty")]
-    sink = make_sink("us1")
+    rows = [row(now, A), row(now, B, status=None, ok=False, disconnected=True, error_class="refused", error=HOSTILE)]
+    sink = make_sink()
 
-    sink(rows)
-    sink(rows)  # a spool replayed after the database had taken the rows already
+    sink(encode(rows))
+    sink(encode(rows))  # a spool replayed after the database had taken the rows already
 
     stored = {r.source: r for r in ProberSample.objects.filter(location="us1")}
     assert len(stored) == 2
@@ -92,28 +99,28 @@ def test_the_sink_stores_rows_and_a_replay_of_them_is_harmless(transactional_db:
     assert (stored[A].dns_ms, stored[A].tls_ms, stored[A].total_ms) == (1.0, 3.0, 10.0)
     assert stored[A].error_class == ""
     assert (stored[B].ok, stored[B].disconnected, stored[B].status) == (False, True, None)
-    assert (stored[B].error_class, stored[B].error) == ("refused", "x\ty")
+    assert (stored[B].error_class, stored[B].error) == ("refused", HOSTILE)
 
 
 def test_a_replay_of_partly_stored_rows_adds_only_the_missing_ones(transactional_db: None) -> None:
     now = timezone.now().replace(microsecond=0)
-    sink = make_sink("us1")
-    sink([row(now, A)])  # a call the writer gave up on as stuck, which did commit after all
+    sink = make_sink()
+    sink(encode([row(now, A)]))  # a call the writer gave up on as stuck, which did commit after all
 
-    sink([row(now, A, ok=False), row(now, B)])
+    sink(encode([row(now, A, ok=False), row(now, B)]))
 
     stored = {r.source: r.ok for r in ProberSample.objects.all()}
     assert stored == {A: True, B: True}  # the first copy of a row stays
 
 
 def test_the_sink_keeps_one_connection_across_the_writers_threads(transactional_db: None) -> None:
-    sink = make_sink("us1")
+    sink = make_sink()
     now = timezone.now().replace(microsecond=0)
     before = server_connections()
 
     for i in range(5):
         # The writer calls the sink on a new thread every time.
-        thread = threading.Thread(target=sink, args=([row(now + timedelta(seconds=i))],))
+        thread = threading.Thread(target=sink, args=(encode([row(now + timedelta(seconds=i))]),))
         thread.start()
         thread.join()
 
@@ -125,7 +132,7 @@ def test_the_sink_creates_the_partition_of_a_day_that_has_none(transactional_db:
     later = (timezone.now() + timedelta(days=60)).replace(microsecond=0)
     assert later.date() not in partitions.existing(TABLE)
 
-    make_sink("us1")([row(later)])
+    make_sink()(encode([row(later)]))
 
     assert later.date() in partitions.existing(TABLE)
     assert ProberSample.objects.get().ts == later
@@ -133,11 +140,11 @@ def test_the_sink_creates_the_partition_of_a_day_that_has_none(transactional_db:
 
 def test_the_sink_rejects_rows_the_database_can_never_take(transactional_db: None) -> None:
     now = timezone.now().replace(microsecond=0)
-    sink = make_sink("us1")
+    sink = make_sink()
 
     with pytest.raises(RejectedRowsError):
-        sink([row(now, ok=None)])  # a missed-tick row: ``ok`` is NOT NULL in this table
-    sink([row(now)])  # the connection is still usable afterwards
+        sink(encode([row(now, ok=None)]))  # a missed-tick row: ``ok`` is NOT NULL in this table
+    sink(encode([row(now)]))  # the connection is still usable afterwards
 
     assert ProberSample.objects.count() == 1
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from probes.prober.spool import Row, Spool
+from probes.prober.testing import from_json_lines, json_lines
 from probes.prober.writer import BatchWriter, RejectedRowsError
 
 
@@ -19,6 +21,10 @@ class FakeTime:
 
     def __call__(self) -> float:
         return self.now
+
+
+def writer_for(sink: Callable[[bytes], None], spool: Spool, **options: Any) -> BatchWriter:
+    return BatchWriter(sink, spool, encode=json_lines, **options)
 
 
 class Database:
@@ -32,11 +38,12 @@ class Database:
         self.received: list[Row] = []
         self.batches: list[int] = []
 
-    def __call__(self, rows: Sequence[Row]) -> None:
+    def __call__(self, data: bytes) -> None:
         self.calls += 1
         if self.down or self.calls <= self.fail_first:
             self.failed_calls += 1
             raise ConnectionError("could not connect to server")
+        rows = from_json_lines(data)
         self.received.extend(rows)
         self.batches.append(len(rows))
 
@@ -47,7 +54,7 @@ def tick_rows(probe_id: int, sources: int = 3) -> list[Row]:
 
 def make_writer(sink: Database, tmp_path: Path, clock: FakeTime, **kwargs: float) -> BatchWriter:
     options: dict[str, float] = {"backoff_initial": 1.0, "backoff_max": 8.0, "backoff_jitter": 0.0} | kwargs
-    return BatchWriter(sink, Spool(tmp_path), clock=clock, **options)  # type: ignore[arg-type]
+    return writer_for(sink, Spool(tmp_path), clock=clock, **options)
 
 
 def run_flushes(writer: BatchWriter, clock: FakeTime, first_id: int, n: int) -> list[Row]:
@@ -102,14 +109,14 @@ def test_it_backs_off_with_a_cap_while_the_database_is_down(tmp_path: Path) -> N
 
 def test_replay_goes_in_chunks_and_before_new_rows(tmp_path: Path) -> None:
     db, clock = Database(), FakeTime()
-    writer = make_writer(db, tmp_path, clock, replay_chunk=10)
+    writer = make_writer(db, tmp_path, clock, replay_chunk=9)
     db.down = True
     submitted = run_flushes(writer, clock, 100, 20)
     db.down = False
     clock.now += 60
     submitted += run_flushes(writer, clock, 200, 1)
     assert db.received == submitted
-    assert max(db.batches[:-1]) <= 10
+    assert max(db.batches[:-1]) == 9  # whole spooled flushes of 3 rows, up to the chunk size
     assert db.batches[-1] == 3  # the new batch, after the backlog
 
 
@@ -117,9 +124,9 @@ def test_a_long_backlog_is_replayed_over_several_flushes_without_reordering(tmp_
     clock = FakeTime()
 
     class SlowDatabase(Database):
-        def __call__(self, rows: Sequence[Row]) -> None:
+        def __call__(self, data: bytes) -> None:
             clock.now += 0.2  # each insert takes 200 ms of (fake) time
-            super().__call__(rows)
+            super().__call__(data)
 
     db = SlowDatabase()
     writer = make_writer(db, tmp_path, clock, replay_chunk=5, replay_budget=0.5)
@@ -147,19 +154,22 @@ class PacedDatabase(Database):
         self.done = threading.Event()
         self.on_call: Callable[[], None] = lambda: None
 
-    def __call__(self, rows: Sequence[Row]) -> None:
+    def __call__(self, data: bytes) -> None:
         self.on_call()
         self.clock.now += 0.3
-        super().__call__(rows)
+        super().__call__(data)
         if len(self.received) >= self.expect:
             self.done.set()
 
 
 def spool_backlog(tmp_path: Path, ticks: int) -> list[Row]:
-    """What an outage left in the spool: ``ticks`` ticks of 3 rows."""
+    """What an outage left in the spool: ``ticks`` ticks of 3 rows, one record per flush."""
     spool = Spool(tmp_path)
-    backlog = [row for probe_id in range(ticks) for row in tick_rows(probe_id)]
-    spool.append(backlog)
+    backlog = []
+    for probe_id in range(ticks):
+        rows = tick_rows(probe_id)
+        spool.append(json_lines(rows), len(rows))
+        backlog += rows
     spool.close()
     return backlog
 
@@ -170,7 +180,7 @@ def test_a_backlog_is_replayed_back_to_back_not_one_budget_per_flush_interval(tm
     db = PacedDatabase(clock, expect=len(backlog))
     # Ten flushes' worth of budget, and an hour between flushes: a writer that waited a flush
     # interval after each budget would replay two chunks, then nothing for an hour.
-    writer = BatchWriter(db, Spool(tmp_path), clock=clock, replay_chunk=3, replay_budget=0.5, flush_interval=3600)
+    writer = writer_for(db, Spool(tmp_path), clock=clock, replay_chunk=3, replay_budget=0.5, flush_interval=3600)
 
     writer.start()
     replayed = db.done.wait(10)
@@ -185,7 +195,7 @@ def test_rows_submitted_during_a_replay_follow_the_backlog_in_order(tmp_path: Pa
     backlog = spool_backlog(tmp_path, 20)
     clock = FakeTime()
     db = PacedDatabase(clock, expect=len(backlog) + 3 * 5)
-    writer = BatchWriter(db, Spool(tmp_path), clock=clock, replay_chunk=3, replay_budget=0.5, flush_interval=3600)
+    writer = writer_for(db, Spool(tmp_path), clock=clock, replay_chunk=3, replay_budget=0.5, flush_interval=3600)
     live: list[Row] = []
 
     def tick() -> None:  # the loop hands over a tick's rows while the replay runs
@@ -227,7 +237,7 @@ def test_each_replayed_chunk_waits_for_the_pacer_first(tmp_path: Path) -> None:
         return 0.05 if len(asked) == 1 else 0.0
 
     db = Database()
-    writer = BatchWriter(db, Spool(tmp_path), replay_chunk=3, pacer=pacer)
+    writer = writer_for(db, Spool(tmp_path), replay_chunk=3, pacer=pacer)
     started = time.monotonic()
     writer.flush_once()
     elapsed = time.monotonic() - started
@@ -239,7 +249,7 @@ def test_each_replayed_chunk_waits_for_the_pacer_first(tmp_path: Path) -> None:
 
 def test_rows_spooled_by_a_previous_process_are_replayed_first(tmp_path: Path) -> None:
     old = Spool(tmp_path)
-    old.append(tick_rows(1) + tick_rows(2))
+    old.append(json_lines(tick_rows(1) + tick_rows(2)), 6)
     old.close()
     db, clock = Database(), FakeTime()
     writer = make_writer(db, tmp_path, clock)
@@ -253,9 +263,10 @@ def test_a_hanging_sink_is_abandoned_and_its_rows_delivered_at_least_once(tmp_pa
     received: list[Row] = []
     calls = 0
 
-    def sink(rows: Sequence[Row]) -> None:
+    def sink(data: bytes) -> None:
         nonlocal calls
         calls += 1
+        rows = from_json_lines(data)
         if calls == 1:
             release.wait(10)  # the first insert hangs (a lock wait, a blackholed connection)
             received.extend(rows)  # ... and commits after all
@@ -264,7 +275,7 @@ def test_a_hanging_sink_is_abandoned_and_its_rows_delivered_at_least_once(tmp_pa
         received.extend(rows)
 
     clock = FakeTime()
-    writer = BatchWriter(sink, Spool(tmp_path), clock=clock, sink_timeout=0.05, backoff_jitter=0.0)
+    writer = writer_for(sink, Spool(tmp_path), clock=clock, sink_timeout=0.05, backoff_jitter=0.0)
     writer.submit(tick_rows(1))
     writer.flush_once()
     assert writer.stats.sink_timeouts == 1
@@ -292,20 +303,22 @@ def test_a_hanging_sink_is_abandoned_and_its_rows_delivered_at_least_once(tmp_pa
 def test_rejected_rows_are_quarantined_instead_of_blocking_the_rest(tmp_path: Path) -> None:
     received: list[Row] = []
 
-    def sink(rows: Sequence[Row]) -> None:
+    def sink(data: bytes) -> None:
+        rows = from_json_lines(data)
         if any(r["probe_id"] == 2 for r in rows):
             raise RejectedRowsError("value too long for column source")
         received.extend(rows)
 
     clock = FakeTime()
-    writer = BatchWriter(sink, Spool(tmp_path), clock=clock)
+    writer = writer_for(sink, Spool(tmp_path), clock=clock)
     for probe_id in (1, 2, 3):
         writer.submit(tick_rows(probe_id))
         writer.flush_once()
     assert received == tick_rows(1) + tick_rows(3)
     assert writer.stats.rows_rejected == 3
     assert writer.stats.sink_failures == 0
-    assert (tmp_path / "rejected.log").read_bytes().count(b"\n") == 3
+    header, rejected = (tmp_path / "rejected.log").read_bytes().split(b"\n", 1)
+    assert header.startswith(b"#") and from_json_lines(rejected) == tick_rows(2)
 
 
 def test_a_failing_spool_keeps_rows_in_memory_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,11 +328,11 @@ def test_a_failing_spool_keeps_rows_in_memory_in_order(tmp_path: Path, monkeypat
     real_append = writer.spool.append
     failures = iter([OSError(28, "No space left on device")])
 
-    def append(rows: Sequence[Row]) -> None:
+    def append(payload: bytes, rows: int) -> None:
         error = next(failures, None)
         if error is not None:
             raise error
-        real_append(rows)
+        real_append(payload, rows)
 
     monkeypatch.setattr(writer.spool, "append", append)
     submitted = run_flushes(writer, clock, 100, 3)
@@ -331,7 +344,7 @@ def test_a_failing_spool_keeps_rows_in_memory_in_order(tmp_path: Path, monkeypat
 
 
 def test_the_in_memory_buffer_is_bounded(tmp_path: Path) -> None:
-    writer = BatchWriter(Database(), Spool(tmp_path), max_pending_rows=5)
+    writer = writer_for(Database(), Spool(tmp_path), max_pending_rows=5)
     writer.submit(tick_rows(1) + tick_rows(2))
     assert writer.stats.rows_dropped == 1
 
@@ -339,7 +352,7 @@ def test_the_in_memory_buffer_is_bounded(tmp_path: Path) -> None:
 def test_close_spools_what_the_sink_cannot_take(tmp_path: Path) -> None:
     db = Database()
     db.down = True
-    writer = BatchWriter(db, Spool(tmp_path), flush_interval=3600)
+    writer = writer_for(db, Spool(tmp_path), flush_interval=3600)
     writer.start()
     writer.submit(tick_rows(1))
     writer.close(timeout=2.0)
@@ -347,12 +360,12 @@ def test_close_spools_what_the_sink_cannot_take(tmp_path: Path) -> None:
     assert writer.spool_depth == 3
     writer.submit(tick_rows(2))  # late rows after close still reach the spool
     assert writer.spool_depth == 6
-    assert [r["probe_id"] for r in Spool(tmp_path).read_batch(10).rows] == [1, 1, 1, 2, 2, 2]  # type: ignore[union-attr]
+    assert [r["probe_id"] for r in from_json_lines(Spool(tmp_path).read_batch(10).data)] == [1, 1, 1, 2, 2, 2]  # type: ignore[union-attr]
 
 
 def test_close_writes_pending_rows_when_the_sink_is_up(tmp_path: Path) -> None:
     db = Database()
-    writer = BatchWriter(db, Spool(tmp_path), flush_interval=3600)
+    writer = writer_for(db, Spool(tmp_path), flush_interval=3600)
     writer.start()
     writer.submit(tick_rows(1))
     writer.close(timeout=2.0)
@@ -363,10 +376,10 @@ def test_close_writes_pending_rows_when_the_sink_is_up(tmp_path: Path) -> None:
 def test_close_respects_its_deadline_with_a_hanging_sink(tmp_path: Path) -> None:
     release = threading.Event()
 
-    def hanging(rows: Sequence[Row]) -> None:
+    def hanging(data: bytes) -> None:
         release.wait(10)
 
-    writer = BatchWriter(hanging, Spool(tmp_path), flush_interval=3600)
+    writer = writer_for(hanging, Spool(tmp_path), flush_interval=3600)
     writer.start()
     writer.submit(tick_rows(1))
     started = time.monotonic()
@@ -382,12 +395,12 @@ def test_submit_never_waits_for_a_slow_database(tmp_path: Path) -> None:
     release = threading.Event()
     received: list[Row] = []
 
-    def sink(rows: Sequence[Row]) -> None:
+    def sink(data: bytes) -> None:
         entered.set()
         release.wait(10)  # the database hangs until the test releases it
-        received.extend(rows)
+        received.extend(from_json_lines(data))
 
-    writer = BatchWriter(sink, Spool(tmp_path), flush_interval=0.01, sink_timeout=0.2)
+    writer = writer_for(sink, Spool(tmp_path), flush_interval=0.01, sink_timeout=0.2)
     writer.start()
     writer.submit(tick_rows(0))
     assert entered.wait(5)
@@ -403,7 +416,7 @@ def test_submit_never_waits_for_a_slow_database(tmp_path: Path) -> None:
     assert worst < 0.5
     # Nothing is lost: what the sink has not taken is in the spool.
     spooled = Spool(tmp_path).read_batch(100_000)
-    stored = received + (spooled.rows if spooled is not None else [])
+    stored = received + (from_json_lines(spooled.data) if spooled is not None else [])
     assert {(r["probe_id"], r["source"]) for r in stored} == {
         (r["probe_id"], r["source"]) for probe_id in range(3_001) for r in tick_rows(probe_id)
     }

@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from netring_site.embedded import EmbeddedPostgres, free_port
 from probes.models import ProberSample, ProberTarget
+from probes.prober import copy_text
 from probes.prober.spool import Spool
 from probes.prober.testing import closed_port
 
@@ -508,7 +509,7 @@ def test_a_prober_started_while_the_database_is_down_probes_the_targets_it_last_
     assert len(http_server.arrivals("/?cached")) - before == prober.ticks() == 3
     spooled = Spool(tmp_path / "data" / "prober-cached" / "spool").read_batch(100)
     assert spooled is not None
-    assert [(r["source"], r["ok"]) for r in spooled.rows] == [(http_server.url("/?cached"), True)] * 3
+    assert [(r["source"], r["ok"]) for r in copy_text.decode(spooled.data)] == [(http_server.url("/?cached"), True)] * 3
 
 
 # --- The outage test --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from django.db import connection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from probes import prober_services
+from probes.prober import copy_text
 from probes.prober.curl_transport import CurlMultiTransport
 from probes.prober.loop import ProberLoop, Target
 from probes.prober.spool import Row, Spool
@@ -35,9 +37,16 @@ log = logging.getLogger("netring.prober")
 REPLAY_CHUNK = 5000
 
 
+def make_spool(location: str, directory: Path) -> Spool:
+    """The spool of ``location``'s rows (spools of earlier versions are read too)."""
+    return Spool(directory, legacy=partial(copy_text.encode, location))
+
+
 def make_writer(location: str, spool: Spool) -> BatchWriter:
     """The writer as production runs it (``bench/prober.py`` measures this very one)."""
-    return BatchWriter(prober_services.make_sink(location), spool, replay_chunk=REPLAY_CHUNK)
+    return BatchWriter(
+        prober_services.make_sink(), spool, encode=partial(copy_text.encode, location), replay_chunk=REPLAY_CHUNK
+    )
 
 
 @dataclass
@@ -79,7 +88,7 @@ def build(
     clock = clock or SystemClock()
     store = FileProbeIdStore(state / "probe_id")
     transport = CurlMultiTransport()
-    writer = make_writer(location, Spool(state / "spool"))
+    writer = make_writer(location, make_spool(location, state / "spool"))
     registry = CollectorRegistry()
     phases = PhaseMetrics(location, registry)
 
