@@ -84,6 +84,12 @@ class StatusRange:
 DEFAULT_EXPECTED = StatusRange.parse("200-399")
 
 
+def status_mismatch(status: int | None, expected: object) -> str:
+    """The ``error`` of an ``http_status`` failure, worded alike by the mesh and the prober:
+    ``HTTP 404, expected 200-399``."""
+    return f"HTTP {status}, expected {expected}"
+
+
 @dataclass(frozen=True, slots=True)
 class PhaseTimings:
     """Phase durations in ms; None for a phase the transfer never reached."""
@@ -225,7 +231,7 @@ def to_result(curl: Any, request: HttpRequest, code: int, message: str, started_
         os_errno = int(curl.getinfo(pycurl.OS_ERRNO))
         error_class, error = classify_curl_error(code, message, os_errno), message or f"curl error {code}"
     elif status not in request.expected:
-        error_class, error = "http_status", f"HTTP {status}, expected {request.expected}"
+        error_class, error = "http_status", status_mismatch(status, request.expected)
     return CheckResult(
         kind="http",
         target=parts.hostname or "",

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from probes.checks import http
 from probes.prober.spool import Row
 from probes.prober.ticks import Clock, MissedTicks, Tick, TickScheduler
 from probes.prober.transport import (
@@ -87,9 +88,8 @@ class Target:
         return status in self.ok_statuses
 
     def status_mismatch(self, status: int | None) -> str:
-        """The ``error`` of an http_status failure, worded as the mesh's HTTP check words it
-        (``probes.checks.http.to_result``): ``HTTP 404, expected 200-399``."""
-        return f"HTTP {status}, expected {describe_statuses(self.ok_statuses)}"
+        """The ``error`` of an http_status failure, worded as the mesh's HTTP check words it."""
+        return http.status_mismatch(status, describe_statuses(self.ok_statuses))
 
 
 @functools.lru_cache(maxsize=1024)
