@@ -36,11 +36,16 @@ class MemberPrincipal:
 
 def bearer(request: Request | Any) -> str:
     """The credential of an ``Authorization: Token <x>`` (or ``Bearer <x>``) header, or ""."""
-    header = str(request.META.get("HTTP_AUTHORIZATION", ""))
-    scheme, _, credential = header.partition(" ")
+    return credential(str(request.META.get("HTTP_AUTHORIZATION", "")))
+
+
+def credential(header: str) -> str:
+    """The credential in an ``Authorization`` header's value; the heartbeat fast path reads the
+    WSGI environ with it, so both paths take the same tokens."""
+    scheme, _, value = header.partition(" ")
     if scheme.lower() not in ("token", "bearer"):
         return ""
-    return credential.strip()
+    return value.strip()
 
 
 class MemberTokenAuthentication(authentication.BaseAuthentication):

@@ -108,11 +108,14 @@ _BEAT_ANSWERS = {
 }
 
 
+def beat_data(instance_id: uuid.UUID, done: str = "ok") -> dict[str, object]:
+    """The body of an accepted heartbeat or deregistration; members.fastpath renders the same."""
+    return {"status": done, "instance_id": str(instance_id), "heartbeat_interval": settings.NETRING_HEARTBEAT_INTERVAL}
+
+
 def beat_response(beat: services.Beat, instance_id: uuid.UUID, done: str = "ok") -> Response:
     if beat is services.Beat.OK:
-        return Response(
-            {"status": done, "instance_id": str(instance_id), "heartbeat_interval": settings.NETRING_HEARTBEAT_INTERVAL}
-        )
+        return Response(beat_data(instance_id, done))
     code, message = _BEAT_ANSWERS[beat]
     # "action" tells a member what to do, so one that the registry forgot comes back by itself.
     action = "register" if beat is not services.Beat.BAD_TOKEN else "check token"
@@ -188,7 +191,12 @@ def _client_address(request: Request) -> str:
 
 
 class HeartbeatView(MemberWriteView):
-    """One cheap write: the token check and the update are a single indexed UPDATE."""
+    """One cheap write: the token check and the update are a single indexed UPDATE.
+
+    Accepted heartbeats are mostly answered before Django by ``members.fastpath``, which must
+    give this view's answer byte for byte (members/tests/test_fastpath.py compares them): a
+    change to what this view checks or answers needs the same change there.
+    """
 
     renderer_classes = (JSONRenderer,)
 
