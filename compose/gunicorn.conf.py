@@ -18,8 +18,8 @@ def _count(name: str, default: int) -> int:
 
 
 # One process more than cores: a process waits on the GIL or on PostgreSQL part of the time,
-# and the extra one keeps both cores busy (the heartbeat benchmark: ~1,750/s with 2 processes,
-# ~2,100/s with 3 on 2 cores).
+# and the extra one keeps both cores busy (the heartbeat benchmark on 2 cores: 2,814-2,931/s
+# with 2 processes, 2,952-3,088/s with 3).
 workers = _count("NETRING_WEB_WORKERS", multiprocessing.cpu_count() + 1)
 worker_class = "gthread"
 threads = _count("NETRING_WEB_THREADS", 4)
