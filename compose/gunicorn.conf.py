@@ -4,6 +4,7 @@ Threads, not more processes: registry requests wait on PostgreSQL, and each proc
 persistent database connections. Override any value with GUNICORN_CMD_ARGS.
 """
 
+import ipaddress
 import multiprocessing
 import os
 
@@ -15,6 +16,21 @@ def _count(name: str, default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 256:
         raise SystemExit(f"invalid configuration:\n  {name}={raw!r}: expected a whole number from 1 to 256")
     return int(raw)
+
+
+def _networks(name: str) -> list[str] | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise SystemExit(
+                f"invalid configuration:\n  {name}={raw!r}: {item!r} is not a network such as 10.0.0.0/8"
+            ) from None
+    return networks
 
 
 # One process more than cores: a process waits on the GIL or on PostgreSQL part of the time,
@@ -30,3 +46,10 @@ max_requests = 20000
 max_requests_jitter = 2000
 accesslog = None
 errorlog = "-"
+
+# The proxies Django takes X-Forwarded-For from (members.auth.client_ip) are the ones whose
+# X-Forwarded-Proto gunicorn believes: a request they forwarded over TLS is https to Django
+# (CSRF's origin check, secure redirects). Unset, gunicorn's default: loopback only.
+_proxies = _networks("NETRING_TRUSTED_PROXIES")
+if _proxies is not None:
+    forwarded_allow_ips = ",".join(_proxies)

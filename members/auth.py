@@ -98,7 +98,41 @@ def is_member(request: Request) -> bool:
 
 
 def client_ip(request: Request | Any) -> str:
-    return str(request.META.get("REMOTE_ADDR", ""))
+    """The client's address: the peer's, or behind a trusted proxy the one the proxies saw.
+
+    ``X-Forwarded-For`` counts only when the peer is one of ``NETRING_TRUSTED_PROXIES``:
+    anyone else could write any address into it. Each proxy appends the address it received
+    the request from, so the list is read from the right, past the trusted proxies; the first
+    other address is the client (addresses further left are whatever the client claimed). A
+    header that is not a list of addresses gives "" (unknown): registration then needs an
+    explicit ``ip`` and open enrollment refuses, rather than trusting the proxy's own address.
+    """
+    peer = str(request.META.get("REMOTE_ADDR", ""))
+    proxies = settings.NETRING_TRUSTED_PROXIES
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if not proxies or forwarded is None or not _within(peer, proxies):
+        return peer
+    hops = [hop.strip() for hop in str(forwarded).split(",")]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            return hop if _is_address(hop) else ""
+    return hops[0]  # every hop is a proxy: the request started at the first one
+
+
+def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(parse_ip(address))
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
+
+
+def _is_address(value: str) -> bool:
+    try:
+        parse_ip(value)
+    except ValueError:
+        return False
+    return True
 
 
 def has_enrollment_token(request: Request | Any) -> bool:

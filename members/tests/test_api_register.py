@@ -164,3 +164,45 @@ def test_it_asks_for_the_ip_when_the_client_address_is_unknown(enrolling_client:
 def test_it_stores_ipv4_mapped_addresses_as_ipv4(enrolling_client: APIClient) -> None:
     response = enrolling_client.post(URL, {**BODY, "ip": "::ffff:192.0.2.1"}, format="json")
     assert response.json()["ip"] == "192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    ("remote", "forwarded", "expected"),
+    [
+        ("10.0.0.1", "192.0.2.9", "192.0.2.9"),  # one proxy
+        ("10.0.0.1", "198.51.100.1, 192.0.2.9, 10.0.0.2", "192.0.2.9"),  # two; left of it: the client's claim
+        ("10.0.0.1", " 2001:db8::9 ", "2001:db8::9"),
+        ("10.0.0.1", "10.0.0.3, 10.0.0.2", "10.0.0.3"),  # every hop a proxy: the first one sent it
+        ("192.0.2.66", "192.0.2.9", "192.0.2.66"),  # not through a trusted proxy: the header counts for nothing
+        ("::ffff:10.0.0.1", "192.0.2.9", "192.0.2.9"),  # the proxy's IPv4-mapped address is still the proxy
+        ("10.0.0.1", "192.0.2.9:5000", None),  # not an address: unknown, not the proxy's
+        ("10.0.0.1", "", None),
+    ],
+)
+def test_behind_trusted_proxies_the_client_address_is_the_one_they_forwarded(
+    enrolling_client: APIClient, settings: Any, remote: str, forwarded: str, expected: str | None
+) -> None:
+    settings.NETRING_TRUSTED_PROXIES = nets("10.0.0.0/24")
+    response = enrolling_client.post(
+        URL, {"location": "us1"}, format="json", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded
+    )
+    if expected is None:
+        assert response.status_code == 400
+        assert "client address is unknown" in str(response.json()["ip"])
+    else:
+        assert response.status_code == 201, response.content
+        assert response.json()["ip"] == expected
+
+
+def test_open_enrollment_networks_apply_to_the_address_a_trusted_proxy_forwarded(
+    db: None, anon: APIClient, settings: Any
+) -> None:
+    settings.NETRING_OPEN_ENROLLMENT = True
+    settings.NETRING_OPEN_ENROLLMENT_NETWORKS = nets("192.0.2.0/24")
+    settings.NETRING_TRUSTED_PROXIES = nets("10.0.0.1/32")
+    through = {"REMOTE_ADDR": "10.0.0.1", "format": "json"}
+    assert anon.post(URL, BODY, HTTP_X_FORWARDED_FOR="198.51.100.7", **through).status_code == 401
+    assert anon.post(URL, BODY, HTTP_X_FORWARDED_FOR="192.0.2.7", **through).status_code == 201
+    # Spoofing from outside the proxy gets nowhere: the peer's own address decides.
+    spoofed = anon.post(URL, BODY, format="json", REMOTE_ADDR="198.51.100.7", HTTP_X_FORWARDED_FOR="192.0.2.7")
+    assert spoofed.status_code == 401

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import pytest
 import redis
@@ -36,6 +35,7 @@ from netring_site.embedded import free_port
 from probes import services
 from probes.edge import EdgeState, MemberEndpoint
 from probes.edge_metrics import MeshMetrics
+from tests.support import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -168,13 +168,6 @@ def central_worker(transactional_db: None, clean_broker: redis.Redis) -> Iterato
 
 
 # --- Edge workers as subprocesses -----------------------------------------------------------
-
-
-def database_url() -> str:
-    """A URL for the database this test runs against (pytest-django's ``test_<name>``)."""
-    db = settings.DATABASES["default"]
-    user, password = quote(str(db["USER"]), safe=""), quote(str(db["PASSWORD"]), safe="")
-    return f"postgresql://{user}:{password}@{db['HOST']}:{db['PORT']}/{quote(str(db['NAME']), safe='')}"
 
 
 @dataclass

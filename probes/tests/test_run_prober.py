@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import psycopg2
 import pytest
@@ -41,6 +40,7 @@ from probes.models import ProberSample, ProberTarget
 from probes.prober import copy_text
 from probes.prober.spool import Spool
 from probes.prober.testing import closed_port
+from tests.support import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_S = 0.2  # what /slow waits before answering
@@ -178,11 +178,6 @@ def rows_of(location: str) -> list[ProberSample]:
 # --- The prober process -----------------------------------------------------------------------
 
 
-def database_url(db: dict[str, Any]) -> str:
-    user, password = quote(str(db["USER"]), safe=""), quote(str(db["PASSWORD"]), safe="")
-    return f"postgresql://{user}:{password}@{db['HOST']}:{db['PORT']}/{quote(str(db['NAME']), safe='')}"
-
-
 @dataclass
 class ProberProcess:
     process: subprocess.Popen[bytes]
@@ -234,7 +229,7 @@ def run_prober(transactional_db: None, tmp_path: Path) -> Iterator[Callable[...,
         port = free_port()
         env = {
             **os.environ,
-            "NETRING_DATABASE_URL": database or database_url(settings.DATABASES["default"]),
+            "NETRING_DATABASE_URL": database or database_url(),
             "NETRING_REDIS_URL": settings.REDIS_URL,
             "NETRING_DATA_DIR": str(tmp_path / "data"),
             "NETRING_LOCATION": location,
