@@ -50,10 +50,15 @@ class TraceReport:
 def run_traceroute_round(
     source: services.RoundSource, targets: Sequence[dict[str, Any]], metrics: TracerouteMetrics | None = None
 ) -> TraceReport:
-    """Trace every target concurrently, store the round, update the edge's metrics."""
+    """Trace every target concurrently, store the round, update the edge's metrics.
+
+    The member's instance id is the flow key: each target gets the same ICMP identifier (so the
+    same checksum) every round, and ECMP routers keep sending the trace down the same path, so
+    the path changes stored here are route changes. Other members on the host have other keys.
+    """
     began = time.monotonic()
     allowed, why = privilege()
-    results = trace_targets(targets, **trace_options())
+    results = trace_targets(targets, flow_key=source.instance_id, **trace_options())
     rerouted = store_traces(source, targets, results)
     if metrics is not None:
         metrics.observe_round(

@@ -3,11 +3,30 @@
 ``trace_many`` traces many destinations at once from one raw socket per address family and
 one thread: probes for every TTL go out in rounds (``probes_per_hop`` rounds), the traces
 taking turns so a destination's answer usually arrives before probes beyond it would go out;
-replies are matched by ICMP identifier (one per trace) and sequence (one per probe), and
-everything stops at ``deadline_s``. RTTs use the kernel's receive timestamps, so a busy host
-does not inflate them. The checksum of every probe of a trace is the same (the first two
-payload bytes offset the sequence number), so routers that balance flows over equal-cost
-paths keep the whole trace on one path, as Paris traceroute does.
+replies are matched by ICMP identifier (one per trace) and sequence (one per probe), then by
+the address they concern (an echo reply must come from the destination, an error must quote
+a probe to it), and everything stops at ``deadline_s``. RTTs use the kernel's receive
+timestamps, so a busy host does not inflate them.
+
+**Flow identity (why paths do not flap between rounds).** Routers that balance flows over
+equal-cost paths hash ICMP on fields that include the identifier and checksum. Every probe of
+a trace has the same checksum (the first two payload bytes offset the sequence number), so a
+trace stays on one path, as Paris traceroute does. With ``flow_key`` (the edge passes its
+member's instance id) the identifier is also the same every round: a 16-bit blake2b hash of
+(flow key, destination address), so round N and round N+1 take the same path and a path change
+is a route change, not a different ECMP pick. Without ``flow_key`` each trace takes a fresh
+identifier from icmplib's process-wide counter. Guards, since a raw socket sees every ICMP
+reply of its network namespace:
+
+- In one process no two running traces share an identifier (a process-wide set, under a
+  lock): a trace whose hash is taken (another destination of the same call, or a concurrent
+  call, e.g. Celery threads) takes the next free value for that call. Hashed identifiers also
+  keep clear of the values icmplib's counter handed out lately or is about to, which the ICMP
+  pinger of the same process uses and matches by (identifier, sequence) alone.
+- Members on one host (separate processes) have different keys, hence different identifiers
+  for a destination except by a 1-in-65536 hash collision; each trace also starts its sequence
+  numbers at a random value (which does not change the checksum), so even then, and for a late
+  reply to the previous round's trace, probes rarely share an (identifier, sequence).
 
 Rules a reader of a stored trace needs:
 
@@ -46,13 +65,15 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
+from icmplib import utils as icmplib_utils
 from icmplib.exceptions import ICMPLibError, SocketPermissionError
 from icmplib.utils import unique_identifier
 
@@ -69,6 +90,15 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 la
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16)
 _CAP_NET_RAW = 13
 _PAYLOAD_SIZE = 56
+_FLOW_PERSON = b"netring-flow-v1"  # blake2b personalisation: these hashes mean nothing elsewhere
+# Identifiers icmplib's counter handed out lately (up to and including its current value) or will
+# hand out soon: the pinger of this process may have echoes out, or soon will, under them.
+_COUNTER_BEHIND, _COUNTER_AHEAD = 64, 64
+
+# (family, identifier) of every trace running in this process. Replies are matched by them and
+# every raw socket of the process sees every reply, so two running traces must not share one.
+_in_use: set[tuple[int, int]] = set()
+_in_use_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,7 +302,7 @@ class _Trace:
     rounds_done: int = 0
     cursor: int = 1  # next TTL to probe in the current round
     next_round_at: float = 0.0
-    next_seq: int = 0
+    next_seq: int = 0  # the last sequence number used (set at random per trace: see _first_sequence)
     error: str = ""  # sending failed: the trace stops with this reason
 
 
@@ -286,6 +316,7 @@ def trace_many(
     round_interval_s: float = 0.05,
     max_pps: float = 1000.0,
     source: str | None = None,
+    flow_key: str | None = None,
 ) -> list[TraceResult]:
     """Trace every destination concurrently; one result per destination, in order.
 
@@ -294,6 +325,10 @@ def trace_many(
     unanswered after ``probe_timeout_s`` is lost. All sending is paced to ``max_pps`` packets
     per second in total. Nothing runs past ``deadline_s`` (name resolution of host names
     included, though a hung resolver cannot be interrupted: pass addresses).
+
+    ``flow_key`` names the tracer (a stable identity such as the member's instance id): each
+    destination's ICMP identifier is then ``flow_identifier(flow_key, address)`` every call,
+    unless taken (see the module docstring); without it, a fresh one per trace.
     """
     started_at = time.time()
     begin = time.monotonic()
@@ -303,23 +338,54 @@ def trace_many(
     allowed, why = privilege()
     if not allowed:
         return [TraceResult(destination=d, status="unavailable", reason=why, **common) for d in destinations]
-    traces: dict[int, _Trace] = {}
+    resolved: dict[int, tuple[str, int]] = {}
     for index, destination in enumerate(destinations):
         try:
-            address, family = _resolve(destination)
+            resolved[index] = _resolve(destination)
         except (OSError, ValueError) as exc:
             results[index] = TraceResult(
                 destination=destination, status="error", reason=f"cannot resolve: {exc}", **common
             )
-            continue
-        ident = unique_identifier()
-        traces[index] = _Trace(destination, address, family, ident, max_hops, next_round_at=begin)
+    traces: dict[int, _Trace] = {}
+    # The identifiers are released only when the sockets are closed: no reply can be filed
+    # under them any more.
+    with _identifiers([(family, address) for address, family in resolved.values()], flow_key) as idents:
+        for (index, (address, family)), ident in zip(resolved.items(), idents, strict=True):
+            if ident is None:  # 65536 traces of this family already running in this process
+                reason = "no free ICMP identifier: too many traces at once"
+                results[index] = _failed(_Trace(destinations[index], address, family, 0, 0), "error", reason, common)
+                continue
+            traces[index] = _Trace(
+                destinations[index], address, family, ident, max_hops, next_round_at=begin, next_seq=_first_sequence()
+            )
+        _trace_all(
+            traces, results, common, source, probes_per_hop, probe_timeout_s, deadline, round_interval_s, max_pps
+        )
+    end = time.monotonic()
+    for index, state in traces.items():
+        if index not in results:
+            results[index] = _build(state, probe_timeout_s, end, deadline, begin, common)
+    return [results[index] for index in range(len(destinations))]
+
+
+def _trace_all(
+    traces: dict[int, _Trace],
+    results: dict[int, TraceResult],
+    common: dict[str, Any],
+    source: str | None,
+    rounds: int,
+    timeout: float,
+    deadline: float,
+    round_interval: float,
+    max_pps: float,
+) -> None:
+    """Open the sockets and run the traces; a socket failure ends every trace in ``results``."""
     sockets: dict[int, ICMPv4Socket | ICMPv6Socket] = {}
     try:
         for family in sorted({t.family for t in traces.values()}):
             sockets[family] = _open_socket(family, source)
             _enable_kernel_timestamps(sockets[family])
-        _run(traces, sockets, probes_per_hop, probe_timeout_s, deadline, round_interval_s, max_pps)
+        _run(traces, sockets, rounds, timeout, deadline, round_interval, max_pps)
     except SocketPermissionError as exc:
         for index, state in traces.items():
             results[index] = _failed(state, "unavailable", f"raw ICMP socket refused: {exc}", common)
@@ -329,11 +395,85 @@ def trace_many(
     finally:
         for sock in sockets.values():
             sock.close()
-    end = time.monotonic()
-    for index, state in traces.items():
-        if index not in results:
-            results[index] = _build(state, probe_timeout_s, end, deadline, begin, common)
-    return [results[index] for index in range(len(destinations))]
+
+
+def flow_identifier(flow_key: str, address: str) -> int:
+    """The ICMP identifier a trace of ``address`` (an IP address as ``_resolve`` spells it) by
+    the tracer ``flow_key`` asks for: 16 bits of blake2b, the same in every process and run
+    (Python's ``hash()`` is salted per process), and for two tracers or two destinations
+    different but for a 1-in-65536 chance."""
+    digest = hashlib.blake2b(f"{flow_key}\n{address}".encode(), digest_size=2, person=_FLOW_PERSON).digest()
+    return int.from_bytes(digest, "big")
+
+
+@contextlib.contextmanager
+def _identifiers(wanted: Sequence[tuple[int, str]], flow_key: str | None) -> Iterator[list[int | None]]:
+    """An identifier for each (family, address), none shared with another of ``wanted`` or with
+    a trace running in this process (None where every value is taken), held until the block ends."""
+    claimed: list[int | None] = []
+    with _in_use_lock:
+        counter = _icmplib_counter()
+        for family, address in wanted:
+            ident = (
+                _next_counter_identifier(family)
+                if flow_key is None
+                else _free_identifier(family, flow_identifier(flow_key, address), counter)
+            )
+            if ident is not None:
+                _in_use.add((family, ident))
+            claimed.append(ident)
+    try:
+        yield claimed
+    finally:
+        with _in_use_lock:
+            _in_use.difference_update(
+                (family, ident) for (family, _), ident in zip(wanted, claimed, strict=True) if ident is not None
+            )
+
+
+def _next_counter_identifier(family: int) -> int | None:
+    """Without a flow key: the next value of icmplib's counter (as before flow keys existed),
+    skipping values a running trace of this process holds."""
+    for _ in range(0x10000):
+        ident: int = unique_identifier()
+        if (family, ident) not in _in_use:
+            return ident
+    return None
+
+
+def _free_identifier(family: int, wanted: int, counter: int | None) -> int | None:
+    """``wanted`` if free, else the next free value up (wrapping). Values near icmplib's counter
+    count as taken (the pinger's), unless nothing else is free."""
+    fallback: int | None = None
+    for step in range(0x10000):
+        ident = (wanted + step) & 0xFFFF
+        if (family, ident) in _in_use:
+            continue
+        if not _near_counter(ident, counter):
+            return ident
+        if fallback is None:
+            fallback = ident
+    return fallback
+
+
+def _icmplib_counter() -> int | None:
+    """The last identifier icmplib's ``unique_identifier`` handed out. Private to icmplib, so
+    read defensively: without it hashed identifiers simply do not avoid the pinger's."""
+    current = getattr(icmplib_utils, "_current_id", None)
+    return current if isinstance(current, int) else None
+
+
+def _near_counter(ident: int, counter: int | None) -> bool:
+    if counter is None:
+        return False
+    return (counter - ident) & 0xFFFF < _COUNTER_BEHIND or 0 < (ident - counter) & 0xFFFF <= _COUNTER_AHEAD
+
+
+def _first_sequence() -> int:
+    """A random start for a trace's sequence numbers. The checksum does not depend on them (see
+    ``_payload``), so the flow stays the same; but a late reply to the previous round's trace,
+    which had the same identifier, does not match a probe of this one."""
+    return int.from_bytes(os.urandom(2), "big")
 
 
 def _resolve(destination: str) -> tuple[str, int]:
@@ -479,8 +619,12 @@ def _receive(sock: ICMPv4Socket | ICMPv6Socket, family: int, by_ident: dict[tupl
         state = by_ident.get((family, ident))
         if kind is None or state is None:
             continue  # someone else's ICMP: a raw socket sees all of it
-        if inner_destination is not None and inner_destination != state.address:
-            continue  # an error about a packet that was not ours
+        address = str(ipaddress.ip_address(source[0].split("%", 1)[0]))
+        # Another process (another member on this host) may use the same identifier for another
+        # destination: an error must be about a probe to ours, an echo reply must come from it.
+        ours = _unscoped(state.address)
+        if (inner_destination if inner_destination is not None else address) != ours:
+            continue
         probe = state.probes.get(sequence)
         if probe is None or probe.answered:
             continue
@@ -489,13 +633,17 @@ def _receive(sock: ICMPv4Socket | ICMPv6Socket, family: int, by_ident: dict[tupl
         arrived = _kernel_time(ancillary)
         if arrived is not None and 0 <= arrived - probe.sent_wall <= rtt:
             rtt = arrived - probe.sent_wall  # else the wall clock stepped: keep the monotonic figure
-        address = str(ipaddress.ip_address(source[0].split("%", 1)[0]))
         state.answers.setdefault(probe.ttl, []).append((address, rtt * 1000.0, kind))
         if kind != "time-exceeded":
             # The destination answered, or a router says it cannot get there: nothing lies beyond.
             state.ttl_limit = min(state.ttl_limit, probe.ttl)
             if kind == "echo-reply" or address == state.address:
                 state.reached = True
+
+
+def _unscoped(address: str) -> str:
+    """An IPv6 address without its zone (``fe80::1%eth0``), as reply addresses come."""
+    return address.split("%", 1)[0]
 
 
 def _parse_reply(packet: bytes, family: int) -> tuple[int, int, int, str | None] | None:
@@ -631,8 +779,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("destinations", nargs="+")
     parser.add_argument("--deadline", type=float, default=10.0)
     parser.add_argument("--probes", type=int, default=3)
+    parser.add_argument("--flow-key", help="trace with the ICMP identifiers this tracer name gets every time")
     args = parser.parse_args(argv)
-    for result in trace_many(args.destinations, deadline_s=args.deadline, probes_per_hop=args.probes):
+    traces = trace_many(args.destinations, deadline_s=args.deadline, probes_per_hop=args.probes, flow_key=args.flow_key)
+    for result in traces:
         print(json.dumps(result.to_dict()))
 
 

@@ -2,21 +2,28 @@
 
 The lab tests need root, ``ip``, ``nft`` and ``/dev/net/tun`` (one test delays a router); they
 are skipped with the reason otherwise. Every lab is torn down by the fixture, also on failure.
+The flow-identity tests record the echo requests as icmplib sends them (``recording``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import icmplib.utils
 import pytest
+from icmplib.sockets import ICMPSocket
 
 from probes.checks.traceroute import (
     Answer,
@@ -24,6 +31,7 @@ from probes.checks.traceroute import (
     TraceResult,
     build_hops,
     compare_paths,
+    flow_identifier,
     path_changed,
     path_fingerprint,
     privilege,
@@ -179,6 +187,139 @@ def test_it_traces_loopback_in_one_hop() -> None:
     assert outcome.path == ("127.0.0.1",) and outcome.hops[0].received == 3
 
 
+# -- flow identity: the same identifier (and checksum) per (tracer, destination) -----------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One echo request as it left."""
+
+    destination: str
+    ident: int
+    sequence: int
+    checksum: int
+    at: float  # monotonic (one clock for every process of the host)
+    thread: int
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Sent]]:
+    """Record every echo request icmplib sends in this process. The packet is built a second
+    time for its checksum (icmplib's ``_create_packet`` is pure); what is sent is untouched."""
+    sent: list[Sent] = []
+    original = ICMPSocket.send
+
+    def send(self: Any, request: Any) -> None:
+        packet = self._create_packet(id=request.id, sequence=request.sequence, payload=request.payload)
+        original(self, request)
+        (checksum,) = struct.unpack_from("!H", packet, 2)
+        sent.append(
+            Sent(request.destination, request.id, request.sequence, checksum, time.monotonic(), threading.get_ident())
+        )
+
+    ICMPSocket.send = send
+    try:
+        yield sent
+    finally:
+        ICMPSocket.send = original
+
+
+def idents(sent: list[Sent], destination: str | None = None) -> set[int]:
+    return {s.ident for s in sent if destination in (None, s.destination)}
+
+
+def ok_in_one_hop(outcome: TraceResult) -> bool:
+    return outcome.state == "ok" and outcome.path == (outcome.address,) and outcome.hops[0].received == 3
+
+
+@needs_raw_icmp
+def test_a_flow_key_gives_a_destination_the_same_identifier_and_checksum_every_call() -> None:
+    with recording() as first:
+        (one,) = trace_many(["127.0.0.1"], flow_key="member-a", deadline_s=3)
+    with recording() as second:
+        (two,) = trace_many(["127.0.0.1"], flow_key="member-a", deadline_s=3)
+
+    assert ok_in_one_hop(one) and ok_in_one_hop(two)
+    assert len(idents(first)) == 1 and idents(first) == idents(second)
+    assert len({s.checksum for s in first + second}) == 1  # what per-flow load balancers hash
+    # The sequence numbers differ (a late reply to the first trace cannot match the second).
+    assert {s.sequence for s in first}.isdisjoint({s.sequence for s in second})
+
+
+@needs_raw_icmp
+def test_other_flow_keys_and_destinations_get_other_identifiers() -> None:
+    with recording() as sent_a:
+        results = trace_many(["127.0.0.1", "127.0.0.2"], flow_key="member-a", deadline_s=3)
+    with recording() as sent_b:
+        results += trace_many(["127.0.0.1", "127.0.0.2"], flow_key="member-b", deadline_s=3)
+
+    assert all(ok_in_one_hop(outcome) for outcome in results)
+    per_pair = [idents(sent, dest) for sent in (sent_a, sent_b) for dest in ("127.0.0.1", "127.0.0.2")]
+    assert all(len(got) == 1 for got in per_pair)
+    assert len(set.union(*per_pair)) == 4
+
+
+@needs_raw_icmp
+def test_a_hashed_identifier_keeps_clear_of_the_ones_icmplib_hands_the_pinger(monkeypatch: Any) -> None:
+    wanted = flow_identifier("member-a", "127.0.0.1")
+    monkeypatch.setattr(icmplib.utils, "_current_id", (wanted + 0x8000) & 0xFFFF)
+    with recording() as far:
+        trace_many(["127.0.0.1"], flow_key="member-a", deadline_s=3)
+    monkeypatch.setattr(icmplib.utils, "_current_id", wanted)  # the pinger has just been given it
+    with recording() as near:
+        (outcome,) = trace_many(["127.0.0.1"], flow_key="member-a", deadline_s=3)
+
+    assert idents(far) == {wanted}
+    (moved,) = idents(near)
+    assert (moved - wanted) & 0xFFFF > 64 and ok_in_one_hop(outcome)
+
+
+@needs_raw_icmp
+def test_destinations_whose_identifiers_collide_in_one_call_get_distinct_ones() -> None:
+    first, second = "127.0.0.50", "127.0.1.142"
+    assert flow_identifier("member-a", first) == flow_identifier("member-a", second)  # found by search
+
+    with recording() as sent:
+        results = trace_many([first, second], flow_key="member-a", deadline_s=3)
+
+    assert [r.address for r in results] == [first, second] and all(ok_in_one_hop(r) for r in results)
+    assert len(idents(sent, first)) == len(idents(sent, second)) == 1
+    assert idents(sent, first) != idents(sent, second)
+
+
+@needs_raw_icmp
+def test_concurrent_calls_with_the_same_flow_key_and_destination_get_distinct_identifiers() -> None:
+    start = threading.Barrier(2)
+    results: dict[int, TraceResult] = {}
+
+    def run() -> None:
+        start.wait()
+        (results[threading.get_ident()],) = trace_many(
+            ["127.0.0.1"], flow_key="member-a", deadline_s=3, round_interval_s=0.1
+        )
+
+    with recording() as sent:
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+
+    assert len(results) == 2 and all(ok_in_one_hop(r) for r in results.values())
+    first, second = ([s for s in sent if s.thread == thread] for thread in results)
+    assert max(s.at for s in first) > min(s.at for s in second) and max(s.at for s in second) > min(s.at for s in first)
+    assert len(idents(first)) == len(idents(second)) == 1 and idents(first) != idents(second)
+
+
+def traced_and_sent(destinations: list[str], start_at: float, **options: Any) -> tuple[list[TraceResult], list[Sent]]:
+    """Runs inside a lab namespace: wait for the wall-clock ``start_at`` (to line up with
+    another process), trace, and return the traces with the echo requests sent."""
+    time.sleep(max(0.0, start_at - time.time()))
+    with recording() as sent:
+        results = trace_many(destinations, **options)
+    return results, sent
+
+
 # -- real paths in namespace labs -----------------------------------------------------------------
 
 
@@ -317,3 +458,36 @@ def test_it_reports_where_a_cut_link_stops_the_path(make_lab: Callable[[str], La
     assert cut.state == "unreached" and cut.path == (lab.addr("r1", "hA"),) and not cut.deadline_hit
     assert cut.hops[0].reply == "unreachable" and "is unreachable" in cut.reason
     assert mended.state == "ok" and mended.hop_count == 3
+
+
+@needs_lab
+def test_members_on_one_host_trace_a_destination_at_once_under_their_own_identifiers(
+    make_lab: Callable[[str], Lab],
+) -> None:
+    lab = make_lab(Lab.CHAIN)
+    target = lab.addr("hB")
+    members = ["member-a", "member-b"]
+    assert flow_identifier(members[0], target) != flow_identifier(members[1], target)
+    start_at = time.time() + 2.0  # both child processes are up by then
+    outcomes: dict[str, tuple[list[TraceResult], list[Sent]]] = {}
+
+    def member(key: str) -> None:
+        outcomes[key] = lab["hA"].call(
+            traced_and_sent, [target], start_at, flow_key=key, deadline_s=5, round_interval_s=0.2
+        )
+
+    threads = [threading.Thread(target=member, args=(key,)) for key in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    (a,), sent_a = outcomes["member-a"]
+    (b,), sent_b = outcomes["member-b"]
+    path = (lab.addr("r1", "hA"), lab.addr("r2", "r1"), target)
+    assert a.state == b.state == "ok" and a.path == b.path == path
+    assert all(hop.received == 3 for hop in a.hops + b.hops)
+    assert max(s.at for s in sent_a) > min(s.at for s in sent_b) and max(s.at for s in sent_b) > min(
+        s.at for s in sent_a
+    )
+    assert len(idents(sent_a)) == len(idents(sent_b)) == 1 and idents(sent_a) != idents(sent_b)

@@ -15,6 +15,7 @@ from probes import services, tasks, traceroute_services
 from probes.checks.traceroute import Hop, TraceResult, build_hops, privilege
 from probes.diagnostics_metrics import TracerouteMetrics
 from probes.models import PathChange, TraceHop, TraceLatest, TraceRoute
+from probes.tests.test_checks_traceroute import idents, recording
 
 R1, R2, R3, EU, AP = "10.9.0.1", "10.9.0.2", "10.9.0.3", "10.0.2.1", "10.0.3.1"
 EU_ID, AP_ID = str(uuid.uuid4()), str(uuid.uuid4())
@@ -167,6 +168,26 @@ def test_a_round_traces_a_real_peer_on_loopback(db: None, settings: Any) -> None
     row = TraceRoute.objects.get()
     assert (row.status, row.hop_count, row.path) == ("ok", 1, ["127.0.0.22"])
     assert metrics.hops.labels("us1", source.instance_id, "eu1", EU_ID, "127.0.0.22").get() == 1
+
+
+@pytest.mark.skipif(not privilege()[0], reason=NOT_ROOT)
+def test_a_member_traces_a_target_under_the_same_identifier_every_round(db: None, settings: Any) -> None:
+    settings.NETRING_TRACEROUTE_DEADLINE, settings.NETRING_TRACEROUTE_MAX_HOPS = 3, 5
+    member, other = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
+    target = [{**TARGETS[0], "host": "127.0.0.22"}]
+    sent: list[set[int]] = []
+    for round_id, instance in enumerate([member, member, other], start=1):
+        with recording() as echoes:
+            traceroute_services.run_traceroute_round(
+                services.RoundSource("us1", instance, round_id, datetime.now(UTC)), target
+            )
+        sent.append(idents(echoes))
+
+    assert sent[0] == sent[1] and len(sent[0]) == 1  # the same ICMP flow: ECMP keeps the path
+    assert len(sent[2]) == 1 and sent[2] != sent[0]  # another member on the host: another flow
+    assert list(TraceRoute.objects.order_by("round_id").values_list("status", "path_kind")) == [
+        ("ok", "first"), ("ok", "same"), ("ok", "same")
+    ]  # fmt: skip
 
 
 def test_hop_rows_and_latest_hops_carry_the_same_fields(db: None) -> None:
