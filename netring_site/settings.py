@@ -36,7 +36,21 @@ def _database(url: str) -> dict[str, object]:
         # Persistent connections with a health check: workers survive a PostgreSQL restart.
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": 5, **options},
+        # A connection whose peer vanished without a FIN or RST (a WAN link down and back, a NAT
+        # or firewall that forgot the flow, a database host that died) would otherwise wait for
+        # the kernel's retransmissions, about 15 minutes, holding a worker thread or the
+        # prober's writer: unacknowledged data fails it after 30 s (tcp_user_timeout), and an
+        # idle one is found dead within a minute (keepalives). Ignored on Unix sockets; any of
+        # them can be overridden in NETRING_DATABASE_URL's query string.
+        "OPTIONS": {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+            **options,
+        },
     }
 
 

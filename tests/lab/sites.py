@@ -669,19 +669,42 @@ class Deployment:
         the worker keeps a connection that looks open and never answers (a half-open TCP
         connection). Its other connections are untouched. Returns the client port."""
         if off:
-            self.lab[CENTRAL].nft("delete table inet nrlab_silence\n")
+            self._black_hole("nrlab_silence", "", [])
             return 0
         ip = self.ip(location)
         waiting = [c["addr"] for c in self.broker().client_list() if c["cmd"] == "brpop"]
         port = next(int(addr.rsplit(":", 1)[1]) for addr in waiting if addr.startswith(f"{ip}:"))
-        self.lab[CENTRAL].nft(
-            "add table inet nrlab_silence\n"
-            "add chain inet nrlab_silence in { type filter hook input priority 0; policy accept; }\n"
-            "add chain inet nrlab_silence out { type filter hook output priority 0; policy accept; }\n"
-            f"add rule inet nrlab_silence in ip saddr {ip} tcp sport {port} drop\n"
-            f"add rule inet nrlab_silence out ip daddr {ip} tcp dport {port} drop\n"
-        )
+        self._black_hole("nrlab_silence", ip, [port])
         return port
+
+    def silence_database(self, location: str, *, off: bool = False) -> list[int]:
+        """Black-hole every connection the location has open to PostgreSQL (edge worker threads,
+        the prober's writer), both ways, as a NAT or firewall that forgot them would: to their
+        processes they look open and never answer. New connections work. Returns the client
+        ports."""
+        if off:
+            self._black_hole("nrlab_pg_silence", "", [])
+            return []
+        ip = self.ip(location)
+        rows = self.sql("SELECT client_port FROM pg_stat_activity WHERE client_addr = %s", (ip,))
+        ports = sorted(int(row[0]) for row in rows)
+        self._black_hole("nrlab_pg_silence", ip, ports)
+        return ports
+
+    def _black_hole(self, table: str, ip: str, ports: list[int]) -> None:
+        """Drop, in the central namespace, the packets from and to ``ip``'s client ``ports``;
+        no ports: remove the table again."""
+        if not ports:
+            self.lab[CENTRAL].nft(f"delete table inet {table}\n")
+            return
+        listed = "{ " + ", ".join(str(port) for port in ports) + " }"
+        self.lab[CENTRAL].nft(
+            f"add table inet {table}\n"
+            f"add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n"
+            f"add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}\n"
+            f"add rule inet {table} in ip saddr {ip} tcp sport {listed} drop\n"
+            f"add rule inet {table} out ip daddr {ip} tcp dport {listed} drop\n"
+        )
 
     def stop_postgres(self) -> None:
         EmbeddedPostgres(self.base / "postgres", host=self.central_ip).stop()

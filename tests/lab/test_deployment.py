@@ -590,6 +590,67 @@ def test_6_postgres_outage(deployment: Deployment, report: Report) -> None:
     s.verify()
 
 
+# --- 6b. PostgreSQL connections gone half-open ------------------------------------------------------
+
+
+def test_6b_half_open_database_connections(deployment: Deployment, report: Report) -> None:
+    """us1's open connections to PostgreSQL stop answering without a FIN or RST (a WAN path or a
+    firewall that forgot them). Without TCP timeouts a query on them waits ~15 minutes for the
+    kernel's retransmissions, holding the edge's worker threads and the prober's writer; the
+    database settings' tcp_user_timeout (30 s) ends it, and the processes reconnect."""
+    lab, s, t = deployment, report.scenario("6b. PostgreSQL connections half-open"), deployment.timing
+    user_timeout = 30  # netring_site.settings: tcp_user_timeout
+    lab.steady()
+
+    def prober(name: str) -> float:
+        return next(m.value for m in lab.metrics("us1", "prober") if m.name == name)
+
+    def written() -> float:
+        return sum(
+            m.value
+            for m in lab.metrics("us1", "prober")
+            if m.name == "netring_prober_rows_total" and m.labels["fate"] == "written"
+        )
+
+    wait_until(written, 30, "the prober to write rows (its connection is open)")
+    edge, prober_process = lab.process("edge-us1"), lab.process("prober-us1")
+    pids = (edge.pid, prober_process.pid)
+    silenced_at = now()
+    ports = lab.silence_database("us1")
+    began = time.monotonic()
+    # The timeout; the member, marked offline meanwhile (its heartbeat hung too), back in a round.
+    bound = user_timeout + 2 * t.check_interval + t.round_bound + 5
+    try:
+        wait_until(lambda: prober("netring_prober_spool_depth") > 0, 15, "the prober's writer to spool")
+        lab.wait_rounds(silenced_at + timedelta(seconds=t.check_interval), 1, timeout=bound + 15)
+        rounds_after = time.monotonic() - began
+        flushed = timed(
+            lambda: (
+                prober("netring_prober_spool_depth") == 0
+                and prober("netring_prober_last_flush_timestamp") > silenced_at.timestamp()
+            ),
+            began,
+            bound + 15,
+            "the prober's spool to be replayed",
+        )
+    finally:
+        lab.silence_database("us1", off=True)
+    s.check(
+        f"{len(ports)} silenced connection(s): us1's rounds complete again within {bound:.0f} s",
+        f"{rounds_after:.1f} s",
+        rounds_after <= bound,
+    )
+    s.check(
+        f"the prober's writer reconnects and empties its spool within {bound:.0f} s",
+        f"{flushed:.1f} s",
+        flushed <= bound,
+    )
+    check_alive(s, lab, "the same processes recover by themselves")
+    kept = (edge.pid, prober_process.pid) == pids
+    s.check("neither the edge nor the prober was restarted", f"same pids: {kept}", kept)
+    s.verify()
+
+
 # --- 7. Two beats ----------------------------------------------------------------------------------
 
 
