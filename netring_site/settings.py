@@ -105,6 +105,9 @@ NETRING_BANDWIDTH_TEST_DURATION = env.float("NETRING_BANDWIDTH_TEST_DURATION", 5
 NETRING_BANDWIDTH_TEST_SIZE_MB = env.float("NETRING_BANDWIDTH_TEST_SIZE_MB", 0.0, min=0.0, max=1_000_000.0)
 NETRING_BANDWIDTH_MAX_MB = env.int("NETRING_BANDWIDTH_MAX_MB", 2000, min=1, max=1_000_000)
 NETRING_BANDWIDTH_SECRET = env.secret("NETRING_BANDWIDTH_SECRET")
+# "location": no location in two tests at once (they would share its uplink); "member": only no
+# member in two (shorter cycles when locations have many members). probes.checks.pairing.
+NETRING_BANDWIDTH_EXCLUSIVE = env.str("NETRING_BANDWIDTH_EXCLUSIVE", "location", choices=("location", "member"))
 NETRING_TRACEROUTE_INTERVAL = env.int("NETRING_TRACEROUTE_INTERVAL", 300, min=10, max=86400 * 7)
 NETRING_TRACEROUTE_DEADLINE = env.float("NETRING_TRACEROUTE_DEADLINE", 10.0, min=0.5, max=120.0)
 NETRING_TRACEROUTE_MAX_HOPS = env.int("NETRING_TRACEROUTE_MAX_HOPS", 30, min=1, max=64)

@@ -121,7 +121,8 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
     """This interval's tests, or None when another beat claimed it already.
 
     Every pair of edge members in different locations, each pair once, both directions; no
-    member in two tests of one slot; the slots spread evenly over the interval.
+    location (``NETRING_BANDWIDTH_EXCLUSIVE=member``: no member) in two tests of one slot; the
+    slots spread evenly over the interval.
     """
     now = now or timezone.now()
     interval = services.scheduled_interval(SCHEDULE, settings.NETRING_BANDWIDTH_TEST_INTERVAL)
@@ -136,8 +137,14 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
         key=lambda m: str(m.instance_id),
     )
     slot_s = pairing.slot_seconds(current_options().duration_s)
+    by_location = settings.NETRING_BANDWIDTH_EXCLUSIVE == "location"
     slots, rounds = pairing.plan_slots(
-        members, interval, slot_s, cycle=number, allowed=lambda a, b: a.location.name != b.location.name
+        members,
+        interval,
+        slot_s,
+        cycle=number,
+        allowed=lambda a, b: a.location.name != b.location.name,
+        exclusive=(lambda m: m.location.name) if by_location else None,
     )
     if rounds > len(slots):
         log.warning(

@@ -7,6 +7,16 @@ the first stays put, the others move one seat per round, and round ``r`` pairs s
 seat ``n-1-i``. After ``n-1`` rounds every pair has met exactly once and no member ever plays
 twice in one round, so the tests of one round (a *slot*) can all run at the same time.
 
+Hosts are not the only thing tests share: members of one location usually leave it over the
+same uplink, so two tests from one location at once (us1-a with eu1, us1-b with asia1) would each
+read about half of that uplink. With ``exclusive`` (the member's location), the schedule is made
+one level up: a round-robin over the locations gives rounds of disjoint location pairs, and each
+such round becomes as many slots as its largest location pair has member pairs, one member pair
+of every location pair per slot. No location is then in two tests of a slot, every pair of
+members of different locations still meets once, and with ``m`` members in each of ``L``
+locations a pass takes ``m**2`` times the ``L-1`` (``L`` when odd) location rounds, the fewest
+possible: a location takes part in ``m**2 * (L-1)`` tests and only one per slot.
+
 A test of a pair measures both directions (the first member of a pair downloads from and
 uploads to the second), so one pass of the schedule covers every ordered pair exactly once.
 Which member of a pair runs the test is chosen so that every member runs half of its tests
@@ -17,7 +27,7 @@ Nothing here imports Django: ``probes.bandwidth_services`` turns the slots into 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -76,12 +86,44 @@ def round_robin(
     return rounds
 
 
+def exclusive_rounds(
+    members: Sequence[T],
+    group: Callable[[T], Hashable],
+    allowed: Callable[[T, T], bool] | None = None,
+    flip: bool = False,
+) -> list[tuple[tuple[T, T], ...]]:
+    """Rounds covering every allowed pair of members of different groups exactly once, no group
+    in two pairs of a round (see the module docstring).
+
+    Within a pair of groups (g, h) the member pairs alternate which side runs the test, so every
+    member runs about half of its tests, and ``flip`` swaps them all.
+    """
+    groups: dict[Hashable, list[T]] = {}
+    for member in members:
+        groups.setdefault(group(member), []).append(member)
+    rounds: list[tuple[tuple[T, T], ...]] = []
+    for group_round in round_robin(list(groups), flip=flip):
+        queues = []
+        for g, h in group_round:
+            pairs = [
+                (a, b) if (i + j) % 2 == 0 else (b, a)
+                for i, a in enumerate(groups[g])
+                for j, b in enumerate(groups[h])
+                if allowed is None or allowed(a, b)
+            ]
+            queues.append(pairs)
+        for k in range(max(map(len, queues), default=0)):
+            rounds.append(tuple(queue[k] for queue in queues if k < len(queue)))
+    return rounds
+
+
 def plan_slots(
     members: Sequence[T],
     interval_s: float,
     slot_s: float,
     cycle: int = 0,
     allowed: Callable[[T, T], bool] | None = None,
+    exclusive: Callable[[T], Hashable] | None = None,
 ) -> tuple[list[Slot[T]], int]:
     """The slots of interval number ``cycle``, spread evenly across it; and the rounds in all.
 
@@ -89,8 +131,15 @@ def plan_slots(
     schedule, its slots ``interval_s / rounds`` apart. Otherwise each interval runs as many
     rounds as fit and the next interval goes on where this one stopped, so a full cycle takes
     ``ceil(rounds / fitting)`` intervals and no slot is ever shorter than ``slot_s``.
+
+    With ``exclusive`` no two tests of a slot share a group (:func:`exclusive_rounds`), else
+    only members are exclusive (:func:`round_robin`).
     """
-    rounds = round_robin(members, allowed, flip=bool(cycle % 2))
+    flip = bool(cycle % 2)
+    if exclusive is None:
+        rounds = round_robin(members, allowed, flip=flip)
+    else:
+        rounds = exclusive_rounds(members, exclusive, allowed, flip=flip)
     if not rounds:
         return [], 0
     fitting = max(1, int(interval_s // slot_s))

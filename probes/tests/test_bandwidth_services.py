@@ -78,10 +78,12 @@ def source_of(endpoint: MemberEndpoint) -> bandwidth_services.Source:
 # --- The schedule -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("exclusive", "slots"), [("location", 5), ("member", 3)])
 def test_a_round_pairs_every_edge_of_other_locations_once_with_nobody_twice_in_a_slot(
-    make_member: MakeMember, clean_broker: redis.Redis, settings: Any
+    make_member: MakeMember, clean_broker: redis.Redis, settings: Any, exclusive: str, slots: int
 ) -> None:
     settings.NETRING_BANDWIDTH_TEST_INTERVAL, settings.NETRING_BANDWIDTH_TEST_DURATION = 300, 5
+    settings.NETRING_BANDWIDTH_EXCLUSIVE = exclusive
     edges = [make_member(loc, f"10.0.{n}.1", kind="edge").member for n, loc in enumerate(["us1", "us1", "eu1", "ap1"])]
     make_member("ap1", "10.0.9.1", kind="api")  # API members run no endpoint for tests
 
@@ -94,9 +96,12 @@ def test_a_round_pairs_every_edge_of_other_locations_once_with_nobody_twice_in_a
     assert {frozenset(pair) for pair in pairs} == expected and len(pairs) == len(expected) == 5
     by_slot: dict[float, list[str]] = {}
     for offset, test in plan.tests:
-        by_slot.setdefault(offset, []).extend([test["source"]["instance_id"], test["target"]["instance_id"]])
+        # Location mode: us1's two members never test at once (they would share its uplink).
+        who = [test[side]["location" if exclusive == "location" else "instance_id"] for side in ("source", "target")]
+        by_slot.setdefault(offset, []).extend(who)
         assert test["target"]["port"] == 8757 and test["not_after"] == plan.started.timestamp() + 300
     assert all(len(who) == len(set(who)) for who in by_slot.values())
+    assert len(by_slot) == plan.slots == slots
     offsets = sorted(by_slot)
     assert offsets[0] == 0 and all(b - a >= 15 for a, b in itertools.pairwise(offsets))
     assert bandwidth_services.plan_bandwidth_round() is None  # a second beat in the interval

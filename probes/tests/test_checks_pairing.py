@@ -79,3 +79,56 @@ def test_one_member_or_none_has_nothing_to_test() -> None:
 
 def test_a_slot_holds_both_directions_and_a_margin() -> None:
     assert slot_seconds(5) == 15
+
+
+def located(counts: dict[str, int]) -> dict[str, str]:
+    """Members named after their location: {"us1-0": "us1", "us1-1": "us1", ...}."""
+    return {f"{location}-{i}": location for location, n in counts.items() for i in range(n)}
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"us1": 1, "eu1": 1, "asia1": 1},
+        {"us1": 2, "eu1": 2},
+        {"us1": 2, "eu1": 2, "asia1": 2},
+        {"us1": 3, "eu1": 1, "asia1": 2, "sa1": 1},
+        {"us1": 2, "eu1": 2, "asia1": 2, "sa1": 2, "af1": 2},
+    ],
+)
+def test_with_location_exclusivity_no_location_is_in_two_tests_of_a_slot(counts: dict[str, int]) -> None:
+    where = located(counts)
+    members = list(where)
+
+    slots, rounds = plan_slots(members, interval_s=86_400, slot_s=15, allowed=lambda a, b: where[a] != where[b],
+                               exclusive=where.__getitem__)  # fmt: skip
+
+    pairs = [pair for slot in slots for pair in slot.pairs]
+    across = Counter((a, b) for a, b in permutations(members, 2) if where[a] != where[b])
+    assert traffic(pairs) == across  # every pair of different locations, both directions, once
+    for slot in slots:
+        in_slot = [where[member] for pair in slot.pairs for member in pair]
+        assert len(in_slot) == len(set(in_slot)), f"a location is in two tests of slot {slot.index}"
+    # The fewest slots possible when every location has m members: a location takes part in
+    # m * m * (L - 1) tests, one per slot.
+    if len(set(counts.values())) == 1:
+        m, locations = next(iter(counts.values())), len(counts)
+        assert rounds == len(slots) == m * m * (locations - 1 if locations % 2 == 0 else locations)
+
+
+def test_member_exclusivity_alone_lets_two_tests_leave_one_location_at_once() -> None:
+    """What the location rule prevents: us1-0 and us1-1 testing at once through us1's uplink."""
+    where = located({"us1": 2, "eu1": 2, "asia1": 2})
+    slots, _ = plan_slots(list(where), 86_400, 15, allowed=lambda a, b: where[a] != where[b])
+    shared = [slot for slot in slots if len({where[m] for pair in slot.pairs for m in pair}) < 2 * len(slot.pairs)]
+    assert shared  # member-exclusive slots do share locations
+
+
+def test_with_location_exclusivity_members_still_run_half_of_their_tests_and_swap_roles() -> None:
+    where = located({"us1": 2, "eu1": 2, "asia1": 2, "sa1": 2})
+    options = {"allowed": lambda a, b: where[a] != where[b], "exclusive": where.__getitem__}
+    even = [pair for slot in plan_slots(list(where), 86_400, 15, cycle=4, **options)[0] for pair in slot.pairs]
+    odd = [pair for slot in plan_slots(list(where), 86_400, 15, cycle=5, **options)[0] for pair in slot.pairs]
+
+    assert set(Counter(source for source, _ in even).values()) == {3}  # 6 tests each, 3 as the source
+    assert {(b, a) for a, b in even} == set(odd)
