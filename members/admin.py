@@ -71,8 +71,18 @@ class MemberAdmin(admin.ModelAdmin[Member]):
 
     @admin.action(description="Deregister selected members (revokes their tokens)")
     def deregister(self, request: HttpRequest, queryset: QuerySet[Member]) -> None:
+        # A running edge worker answers a 410 to its next heartbeat by registering again (that
+        # is how workers survive a registry restart), so deregistering one only blinks it out.
+        running = Member.objects.active().filter(pk__in=queryset, kind=Member.Kind.EDGE).count()
         count = services.deregister_all(queryset)
         self.message_user(request, f"Deregistered {count} member(s).")
+        if running:
+            self.message_user(
+                request,
+                f"{running} of them are running edge workers: they register again at their next heartbeat. "
+                "Stop the worker (run_edge) to take it out of the mesh for good.",
+                level=messages.WARNING,
+            )
 
     @admin.action(description="Purge selected members now")
     def purge(self, request: HttpRequest, queryset: QuerySet[Member]) -> None:

@@ -120,6 +120,22 @@ def test_it_deregisters_selected_members_and_revokes_their_tokens(
     assert services.heartbeat(fleet["online"].token) is services.Beat.DEREGISTERED
 
 
+def test_deregistering_a_running_edge_worker_warns_that_it_comes_back(
+    make_member: Callable[..., services.Registration], admin_client: Client
+) -> None:
+    edge = make_member("us1", ip="10.0.0.7", kind=Member.Kind.EDGE)
+    api = make_member("us1", ip="10.0.0.8")
+
+    response = act(admin_client, "deregister", edge.member, api.member)
+
+    page = response.content.decode()
+    assert "Deregistered 2 member(s)." in page
+    assert "1 of them are running edge workers: they register again at their next heartbeat." in page
+    assert services.heartbeat(edge.token) is services.Beat.DEREGISTERED  # the answer that makes it register again
+    quiet = act(admin_client, "deregister", api.member).content.decode()
+    assert "running edge workers" not in quiet
+
+
 def test_it_purges_selected_members(fleet: dict[str, services.Registration], admin_client: Client) -> None:
     response = act(admin_client, "purge", fleet["offline"].member, fleet["stale"].member)
     assert "Purged 2 member(s)" in response.content.decode()
