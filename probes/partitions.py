@@ -14,11 +14,18 @@ from typing import Any, TypeVar
 
 from django.db import connection, transaction
 from django.db.migrations.operations.base import Operation
-from django.db.utils import DatabaseError
+from django.db.utils import DatabaseError, OperationalError
 
 # Tables range-partitioned by day on a timestamp column, and how far ahead to create them.
 PARTITIONED_TABLES: list[str] = []
 DAYS_AHEAD = 7
+# Creating or dropping a partition locks its parent table ACCESS EXCLUSIVE. Queued behind a long
+# report that reads the table, the DDL would in turn queue every insert of the edges and probers
+# behind it, for as long as the report runs. So the DDL waits at most this long for its lock and
+# is otherwise left for the next maintenance run (hourly): partitions are made a week ahead, and
+# a day dropped an hour late is harmless.
+LOCK_TIMEOUT_MS = 2000
+_LOCK_NOT_AVAILABLE = "55P03"
 
 _SUFFIX = re.compile(r"_p(\d{8})$")
 T = TypeVar("T")
@@ -63,17 +70,47 @@ def existing(table: str) -> dict[date, str]:
 
 
 def ensure(table: str, first: date, last: date) -> int:
-    """Create the partitions of every day from ``first`` to ``last``; returns how many were new."""
-    have = existing(table)
-    created = 0
-    day = first
-    with connection.cursor() as cursor:
-        while day <= last:
-            if day not in have:
-                cursor.execute(create_sql(table, day))
-                created += 1
-            day += timedelta(days=1)
+    """Create the partitions of every day from ``first`` to ``last``; returns how many were new.
+
+    Raises ``OperationalError`` when the table stayed locked (see ``LOCK_TIMEOUT_MS``).
+    """
+    created, deferred = _ensure(table, first, last)
+    if deferred:
+        raise OperationalError(f"{table} is locked: {', '.join(deferred)} not created, try again")
     return created
+
+
+def _ensure(table: str, first: date, last: date) -> tuple[int, list[str]]:
+    """Create what is missing from ``first`` to ``last``: (how many were created, names deferred)."""
+    have = existing(table)
+    created, deferred = 0, list[str]()
+    day = first
+    while day <= last:
+        if day not in have:
+            if _ddl(create_sql(table, day)):
+                created += 1
+            else:
+                deferred.append(partition_name(table, day))
+        day += timedelta(days=1)
+    return created, deferred
+
+
+def _ddl(sql: str) -> bool:
+    """Run one partition DDL statement; False when its lock was not free within LOCK_TIMEOUT_MS."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            cursor.execute(sql)
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "pgcode", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        log.warning(
+            "partitions: %s waited %d ms for its lock, left for the next run",
+            sql.split(" PARTITION")[0],
+            LOCK_TIMEOUT_MS,
+        )
+        return False
+    return True
 
 
 def write_creating(tables: Sequence[str], when: datetime, write: Callable[[], T]) -> T:
@@ -96,24 +133,29 @@ def write_creating(tables: Sequence[str], when: datetime, write: Callable[[], T]
         return write()
 
 
-def drop_before(table: str, cutoff: date) -> list[str]:
-    """Drop the partitions whose whole day lies before ``cutoff``."""
-    dropped = []
-    with connection.cursor() as cursor:
-        for day, name in sorted(existing(table).items()):
-            if day < cutoff:
-                cursor.execute(f'DROP TABLE IF EXISTS "{name}"')
-                dropped.append(name)
-    return dropped
+def drop_before(table: str, cutoff: date) -> tuple[list[str], list[str]]:
+    """Drop the partitions whose whole day lies before ``cutoff``: (dropped, deferred)."""
+    dropped: list[str] = []
+    deferred: list[str] = []
+    for day, name in sorted(existing(table).items()):
+        if day < cutoff:
+            (dropped if _ddl(f'DROP TABLE IF EXISTS "{name}"') else deferred).append(name)
+    return dropped, deferred
 
 
 def maintain(today: date, retention_days: int) -> dict[str, dict[str, object]]:
-    """For every partitioned table: partitions from yesterday to a week ahead, old ones dropped."""
+    """For every partitioned table: partitions from yesterday to a week ahead, old ones dropped.
+
+    ``deferred`` names what a lock held elsewhere postponed to the next run.
+    """
     report: dict[str, dict[str, object]] = {}
     for table in PARTITIONED_TABLES:
-        created = ensure(table, today - timedelta(days=1), today + timedelta(days=DAYS_AHEAD))
-        dropped = drop_before(table, today - timedelta(days=retention_days)) if retention_days else []
-        report[table] = {"created": created, "dropped": dropped}
+        created, deferred = _ensure(table, today - timedelta(days=1), today + timedelta(days=DAYS_AHEAD))
+        dropped: list[str] = []
+        if retention_days:
+            dropped, old = drop_before(table, today - timedelta(days=retention_days))
+            deferred += old
+        report[table] = {"created": created, "dropped": dropped, "deferred": deferred}
     return report
 
 

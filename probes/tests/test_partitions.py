@@ -1,11 +1,14 @@
 """Daily partitions of the time-series tables: created ahead by the migration and by maintenance,
 dropped after the retention, and created on demand when a round lands on a day without one."""
 
+import threading
+import time as time_module
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections
 from django.utils import timezone
 
 from probes import partitions, services
@@ -56,7 +59,7 @@ def test_maintenance_creates_partitions_ahead_of_time(db: None) -> None:
     assert {later + timedelta(days=n) for n in range(-1, partitions.DAYS_AHEAD + 1)} <= have
     assert report[MESH]["created"] == partitions.DAYS_AHEAD + 2
     # A second run finds everything in place.
-    assert partitions.maintain(later, retention_days=30)[MESH] == {"created": 0, "dropped": []}
+    assert partitions.maintain(later, retention_days=30)[MESH] == {"created": 0, "dropped": [], "deferred": []}
 
 
 def test_maintenance_drops_partitions_older_than_the_retention_with_their_rows(db: None) -> None:
@@ -114,3 +117,50 @@ def test_storing_a_round_on_a_day_without_a_partition_creates_it_and_retries(db:
 
     assert day in partitions.existing(MESH)
     assert MeshResult.objects.filter(ts=started, round_id=42).count() == 2
+
+
+def test_maintenance_never_holds_the_writers_up_behind_a_long_reader(transactional_db: None) -> None:
+    """A report reading the table for minutes holds a lock that DROP TABLE of a partition must
+    wait for; a DROP that queued for it would queue every insert behind itself. Maintenance waits
+    at most LOCK_TIMEOUT_MS, defers, and finishes the job at the next run."""
+    old = today() - timedelta(days=40)
+    partitions.ensure(MESH, old, old)
+    name = partitions.partition_name(MESH, old)
+    reader, writer = _connect(), _connect()
+    try:
+        with reader.cursor() as cursor:  # the long report: its transaction stays open
+            cursor.execute(f'SELECT count(*) FROM "{MESH}"')  # noqa: S608 - our table
+        queued: list[float] = []
+
+        def another_writer() -> None:
+            time_module.sleep(0.5)  # while maintenance waits for its lock
+            began = time_module.monotonic()
+            with writer.cursor() as cursor:
+                # Any statement on the table needs a lock that queues behind a waiting DROP: an
+                # insert as much as this read.
+                cursor.execute(f'SELECT count(*) FROM "{MESH}"')  # noqa: S608 - our table
+            writer.commit()
+            queued.append(time_module.monotonic() - began)
+
+        thread = threading.Thread(target=another_writer)
+        began = time_module.monotonic()
+        thread.start()
+        report = partitions.maintain(today(), retention_days=30)
+        took = time_module.monotonic() - began
+        thread.join(10)
+
+        assert report[MESH]["deferred"] == [name] and report[MESH]["dropped"] == []
+        assert took < 4  # LOCK_TIMEOUT_MS is 2 s
+        assert queued and queued[0] < 2.5  # queued behind the DROP for at most its lock timeout
+        assert old in partitions.existing(MESH)
+    finally:
+        reader.close()
+        writer.close()
+
+    assert partitions.maintain(today(), retention_days=30)[MESH]["dropped"] == [name]  # the next run
+
+
+def _connect() -> Any:
+    """A second connection to the test database, as another process would have."""
+    wrapper = connections.create_connection(DEFAULT_DB_ALIAS)
+    return wrapper.get_new_connection(wrapper.get_connection_params())

@@ -114,7 +114,7 @@ def test_partition_maintenance_task(db: None, settings: Any) -> None:
     settings.NETRING_RETENTION_DAYS = 30
     report = tasks.maintain_partitions()
     assert set(report) >= {MeshResult._meta.db_table}
-    assert report[MeshResult._meta.db_table] == {"created": 0, "dropped": []}
+    assert report[MeshResult._meta.db_table] == {"created": 0, "dropped": [], "deferred": []}
 
 
 # --- Whole rounds across real workers -------------------------------------------------------
