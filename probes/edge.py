@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ from probes import bandwidth_services
 from probes.checks import bandwidth
 from probes.diagnostics_metrics import BandwidthMetrics, TracerouteMetrics
 from probes.edge_metrics import MeshMetrics
+from probes.identity import IdentityClaim
 
 log = logging.getLogger("netring.edge")
 VERSION = "netring/1"
@@ -378,7 +380,15 @@ def start(location: str) -> EdgeState:
     """Start the member lifecycle and endpoint of this process (called when the worker is ready)."""
     raise_open_files_limit(2 * settings.NETRING_MAX_IN_FLIGHT + 256)
     ip = advertised_ip(settings.NETRING_ADVERTISE_IP, settings.REDIS_URL)
-    instance = uuid.UUID(settings.NETRING_INSTANCE_ID) if settings.NETRING_INSTANCE_ID else uuid.uuid4()
+    if settings.NETRING_INSTANCE_ID:
+        instance = uuid.UUID(settings.NETRING_INSTANCE_ID)
+    else:
+        claim = IdentityClaim(Path(settings.DATA_DIR) / f"edge-{location}")
+        _edge["identity"] = claim  # held for the life of the process
+        instance = claim.instance_id
+        log.info(
+            "member identity %s (slot %d of %s)", instance, claim.slot, Path(settings.DATA_DIR) / f"edge-{location}"
+        )
     state = EdgeState(location=location, ip=ip, port=settings.NETRING_MEMBER_PORT, instance_id=instance)
     endpoint = member_endpoint(state, settings.NETRING_MEMBER_BIND or ip, settings.NETRING_MEMBER_PORT)
     endpoint.start()
@@ -402,3 +412,6 @@ def stop() -> None:
     if endpoint is not None:
         endpoint.stop()
     _edge.pop("state", None)
+    identity: IdentityClaim | None = _edge.pop("identity", None)
+    if identity is not None:
+        identity.release()

@@ -261,7 +261,8 @@ def edge_worker(
             **os.environ,
             "NETRING_DATABASE_URL": database_url(),
             "NETRING_REDIS_URL": settings.REDIS_URL,
-            "NETRING_DATA_DIR": str(settings.DATA_DIR),
+            # The test's own folder: each test's workers start with identities of their own.
+            "NETRING_DATA_DIR": str(tmp_path / "data"),
             "NETRING_LOCATION": location,
             "NETRING_ADVERTISE_IP": ip,
             "NETRING_MEMBER_PORT": str(port),

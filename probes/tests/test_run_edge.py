@@ -12,6 +12,7 @@ import redis
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from members.models import Member
 from netring_site.celery import queue_for_location
 from probes import tasks
 from probes.models import MeshResult
@@ -65,3 +66,19 @@ def test_it_exits_saying_why_when_its_member_port_is_taken(edge_worker: Callable
     log = edge.log.read_text()
     assert "cannot start its member endpoint" in log
     assert "Address already in use" in log
+
+
+def test_a_restarted_worker_comes_back_as_the_same_member(edge_worker: Callable[..., EdgeProcess]) -> None:
+    first = edge_worker("us1", "127.0.0.23")
+    second = edge_worker("us1", "127.0.0.24")  # a second worker of the location at the same time
+    assert first.instance_id != second.instance_id
+    first.stop()
+    stopped = first.member()
+    assert stopped is not None and stopped.status == "deregistered"
+
+    again = edge_worker("us1", "127.0.0.23")
+
+    assert again.instance_id == first.instance_id  # its slot, freed by the stop, taken again
+    member = again.member()
+    assert member is not None and member.status == "online"
+    assert Member.objects.count() == 2  # no ghost of the previous start
