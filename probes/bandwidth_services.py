@@ -138,6 +138,7 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
     )
     slot_s = pairing.slot_seconds(current_options().duration_s)
     by_location = settings.NETRING_BANDWIDTH_EXCLUSIVE == "location"
+    quiet = mesh_quiet(now)
     slots, rounds = pairing.plan_slots(
         members,
         interval,
@@ -145,7 +146,14 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
         cycle=number,
         allowed=lambda a, b: a.location.name != b.location.name,
         exclusive=(lambda m: m.location.name) if by_location else None,
+        quiet=quiet,
     )
+    if quiet is not None and slots and any(quiet.clear_start(s.offset_s, slot_s) != s.offset_s for s in slots):
+        log.warning(
+            "bandwidth: tests of %.0fs do not fit between mesh rounds (every %.0fs, %.0fs each): "
+            "rounds that overlap a test measure the links it fills; lengthen NETRING_CHECK_INTERVAL",
+            slot_s, quiet.period_s, quiet.busy_s,
+        )  # fmt: skip
     if rounds > len(slots):
         log.warning(
             "bandwidth: %d edge members need %d slots of %.0fs, an interval of %ds holds %d: "
@@ -159,6 +167,25 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
         for source, target in slot.pairs
     ]
     return BandwidthPlan(number, now, interval, slot_s, tests, len(slots), rounds)
+
+
+def mesh_quiet(now: datetime) -> pairing.Quiet | None:
+    """When mesh rounds run, from the last dispatch on: their windows for the slots to avoid.
+
+    A bandwidth test fills the links it crosses; a mesh round during it would read the test's
+    queue as latency, jitter and loss of those paths. A round is dispatched every interval of
+    its beat entry and takes at most ``services.round_seconds()`` (plus a second for the task
+    to reach the edges and its results to be stored). None before the first round.
+    """
+    last = services.broker().get(services.MESH_DISPATCHED)
+    if last is None:
+        return None
+    period = services.scheduled_interval(services.MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL)
+    return pairing.Quiet(
+        first_s=(float(last) - now.timestamp()) % period - period,
+        period_s=period,
+        busy_s=services.round_seconds() + 1.0,
+    )
 
 
 def _test(number: int, slot: int, source: Member, target: Member, not_after: float) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def round_id(now: datetime, interval: int) -> int:
 
 
 MESH_SCHEDULE = "mesh round dispatch"  # the beat entry (netring_site.schedules)
+MESH_DISPATCHED = "netring:mesh:dispatched"  # Unix time of the last mesh round's dispatch
 
 
 def scheduled_interval(name: str, default: int) -> int:
@@ -79,7 +80,11 @@ def plan_mesh_round(now: datetime | None = None) -> RoundPlan | None:
     # The interval the admin set on the beat entry, not the variable's first value: rounds are
     # numbered by it, so with the variable's value a shortened schedule would see every other
     # dispatch as "already claimed".
-    return plan_round("mesh", scheduled_interval(MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL), now)
+    plan = plan_round("mesh", scheduled_interval(MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL), now)
+    if plan is not None:
+        # When rounds run: bandwidth tests keep out of them (bandwidth_services.mesh_quiet).
+        broker().set(MESH_DISPATCHED, repr(plan.started.timestamp()), ex=3 * plan.interval)
+    return plan
 
 
 def plan_round(kind: str, interval: int, now: datetime | None = None) -> RoundPlan | None:
@@ -265,10 +270,22 @@ def check_options() -> dict[str, object]:
         "http_timeout": settings.NETRING_HTTP_TIMEOUT,
         "icmp_count": settings.NETRING_ICMP_COUNT,
         "icmp_interval": settings.NETRING_ICMP_INTERVAL,
-        "icmp_timeout": min(settings.NETRING_TCP_TIMEOUT, 2.0),
+        "icmp_timeout": _icmp_timeout(),
         "expected_status": StatusRange.parse(settings.NETRING_EXPECTED_STATUS),
         "max_in_flight": settings.NETRING_MAX_IN_FLIGHT,
     }
+
+
+def round_seconds() -> float:
+    """The longest a mesh round's checks take, whatever fails: they all run at once."""
+    icmp = settings.NETRING_ICMP_COUNT * settings.NETRING_ICMP_INTERVAL + _icmp_timeout()
+    return max(
+        settings.NETRING_TCP_TIMEOUT, settings.NETRING_HTTP_TIMEOUT, icmp if settings.NETRING_ICMP_COUNT else 0.0
+    )
+
+
+def _icmp_timeout() -> float:
+    return min(settings.NETRING_TCP_TIMEOUT, 2.0)
 
 
 @dataclass(frozen=True)

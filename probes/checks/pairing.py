@@ -27,6 +27,7 @@ Nothing here imports Django: ``probes.bandwidth_services`` turns the slots into 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -41,6 +42,34 @@ SLOT_MARGIN_S = 5.0
 def slot_seconds(duration_s: float) -> float:
     """How long one slot of tests lasts: both directions of one test, and the margin."""
     return 2 * duration_s + SLOT_MARGIN_S
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """Times the tests keep out of: ``busy_s`` seconds from ``first_s`` on, every ``period_s``
+    (seconds from the start of the interval; ``first_s`` may be negative).
+
+    The mesh rounds' windows: a bandwidth test fills the links it crosses, and latency, jitter
+    and loss measured across a full link read the test's queue, not the path.
+    """
+
+    first_s: float
+    period_s: float
+    busy_s: float
+
+    def clear_start(self, t: float, slot_s: float) -> float | None:
+        """The earliest start from ``t`` on whose slot misses every window; None when no gap
+        between two windows holds a slot."""
+        if slot_s > self.period_s - self.busy_s:
+            return None
+        window = (
+            self.first_s + math.floor((t - self.first_s) / self.period_s) * self.period_s
+        )  # the last one at or before t
+        if t < window + self.busy_s:
+            return window + self.busy_s  # inside a window: right after it
+        if t + slot_s > window + self.period_s:
+            return window + self.period_s + self.busy_s  # would run into the next one: right after that
+        return t
 
 
 @dataclass(frozen=True)
@@ -124,6 +153,7 @@ def plan_slots(
     cycle: int = 0,
     allowed: Callable[[T, T], bool] | None = None,
     exclusive: Callable[[T], Hashable] | None = None,
+    quiet: Quiet | None = None,
 ) -> tuple[list[Slot[T]], int]:
     """The slots of interval number ``cycle``, spread evenly across it; and the rounds in all.
 
@@ -133,7 +163,9 @@ def plan_slots(
     ``ceil(rounds / fitting)`` intervals and no slot is ever shorter than ``slot_s``.
 
     With ``exclusive`` no two tests of a slot share a group (:func:`exclusive_rounds`), else
-    only members are exclusive (:func:`round_robin`).
+    only members are exclusive (:func:`round_robin`). With ``quiet`` each slot moves forward,
+    as little as needed, out of the quiet windows, when every slot then still fits the interval
+    (:func:`place`); otherwise they keep their even spacing.
     """
     flip = bool(cycle % 2)
     if exclusive is None:
@@ -149,4 +181,21 @@ def plan_slots(
         first = (cycle * fitting) % len(rounds)
         chosen = [rounds[(first + k) % len(rounds)] for k in range(fitting)]
     spacing = interval_s / len(chosen)
-    return [Slot(k, k * spacing, pairs) for k, pairs in enumerate(chosen)], len(rounds)
+    offsets = [k * spacing for k in range(len(chosen))]
+    if quiet is not None:
+        offsets = place(offsets, slot_s, interval_s, quiet) or offsets
+    return [Slot(k, offset, pairs) for k, (offset, pairs) in enumerate(zip(offsets, chosen, strict=True))], len(rounds)
+
+
+def place(offsets: Sequence[float], slot_s: float, interval_s: float, quiet: Quiet) -> list[float] | None:
+    """``offsets`` (ascending) moved forward out of ``quiet``'s windows, one after the other so
+    that no two slots overlap; None when that is impossible within ``interval_s``."""
+    placed: list[float] = []
+    free_from = 0.0
+    for offset in offsets:
+        start = quiet.clear_start(max(offset, free_from), slot_s)
+        if start is None or start + slot_s > interval_s:
+            return None
+        placed.append(start)
+        free_from = start + slot_s
+    return placed

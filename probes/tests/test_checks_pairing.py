@@ -1,12 +1,14 @@
 """The bandwidth pairing schedule: every pair once per interval in both directions, nobody twice
 in a slot, slots spread over the interval and never shorter than a test needs."""
 
+import itertools
+import random
 from collections import Counter
 from itertools import permutations
 
 import pytest
 
-from probes.checks.pairing import plan_slots, round_robin, slot_seconds
+from probes.checks.pairing import Quiet, place, plan_slots, round_robin, slot_seconds
 
 DIRECTIONS = ("download", "upload")  # what one test of a pair measures, from its source
 
@@ -132,3 +134,51 @@ def test_with_location_exclusivity_members_still_run_half_of_their_tests_and_swa
 
     assert set(Counter(source for source, _ in even).values()) == {3}  # 6 tests each, 3 as the source
     assert {(b, a) for a, b in even} == set(odd)
+
+
+def windows_hit(offsets: list[float], slot_s: float, quiet: Quiet, until: float) -> list[float]:
+    """The slot starts whose slot overlaps one of ``quiet``'s windows before ``until``."""
+    windows = [quiet.first_s + k * quiet.period_s for k in range(int(until / quiet.period_s) + 3)]
+    return [o for o in offsets for w in windows if o < w + quiet.busy_s - 1e-9 and w < o + slot_s - 1e-9]
+
+
+def test_slots_keep_out_of_the_mesh_rounds_when_they_fit_between_them() -> None:
+    # Rounds every 60 s for 4 s, the last one dispatched 1 s before this interval began.
+    quiet = Quiet(first_s=-1.0, period_s=60, busy_s=4)
+    members = [f"m{i}" for i in range(4)]  # 3 slots, evenly 100 s apart
+
+    slots, _ = plan_slots(members, interval_s=300, slot_s=15, quiet=quiet)
+
+    offsets = [slot.offset_s for slot in slots]
+    assert windows_hit(offsets, 15, quiet, 300) == []
+    assert offsets == [
+        3.0,
+        100.0,
+        200.0,
+    ]  # ...but runs into the one at 59 s... no: only 0 s moves, past the round at -1 s
+    assert all(b - a >= 15 for a, b in itertools.pairwise(offsets))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_placement_either_misses_every_window_or_keeps_the_even_spacing(seed: int) -> None:
+    rng = random.Random(seed)
+    period = rng.choice([10, 30, 60, 120])
+    quiet = Quiet(first_s=-rng.uniform(0, period), period_s=period, busy_s=rng.uniform(1, 8))
+    interval, slot_s, count = rng.choice([300, 600, 900]), rng.choice([9, 15, 25, 45]), rng.randint(1, 12)
+    even = [k * interval / count for k in range(count)]
+
+    placed = place(even, slot_s, interval, quiet)
+
+    if placed is None:  # no room: fine, as long as it says so rather than placing badly
+        return
+    assert windows_hit(placed, slot_s, quiet, interval) == []
+    assert all(b - a >= slot_s - 1e-9 for a, b in itertools.pairwise(placed))  # never two slots at once
+    assert placed[-1] + slot_s <= interval and all(p >= e for p, e in zip(placed, even, strict=True))
+
+
+def test_a_slot_longer_than_the_gap_between_rounds_cannot_be_placed() -> None:
+    quiet = Quiet(first_s=0.0, period_s=10, busy_s=3)
+    assert quiet.clear_start(0.0, 8) is None
+    assert place([0.0, 50.0], 8, 100, quiet) is None
+    slots, _ = plan_slots(["a", "b", "c"], interval_s=100, slot_s=8, quiet=quiet)
+    assert [slot.offset_s for slot in slots] == [0.0, 100 / 3, 200 / 3]  # evenly spaced, as without
