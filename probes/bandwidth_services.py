@@ -28,7 +28,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from members.models import Member
-from probes import partitions, services
+from probes import partitions, services, traceroute_services
 from probes.checks import bandwidth, bandwidth_auth, pairing
 from probes.diagnostics_metrics import BandwidthMetrics
 from probes.models import BandwidthResult, BandwidthStatus
@@ -138,7 +138,7 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
     )
     slot_s = pairing.slot_seconds(current_options().duration_s)
     by_location = settings.NETRING_BANDWIDTH_EXCLUSIVE == "location"
-    quiet = mesh_quiet(now)
+    quiet = quiet_windows(now)
     slots, rounds = pairing.plan_slots(
         members,
         interval,
@@ -148,12 +148,12 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
         exclusive=(lambda m: m.location.name) if by_location else None,
         quiet=quiet,
     )
-    if quiet is not None and slots and any(quiet.clear_start(s.offset_s, slot_s) != s.offset_s for s in slots):
+    if any(pairing.clear_start(quiet, s.offset_s, slot_s, interval) != s.offset_s for s in slots):
         log.warning(
-            "bandwidth: tests of %.0fs do not fit between mesh rounds (every %.0fs, %.0fs each): "
-            "rounds that overlap a test measure the links it fills; lengthen NETRING_CHECK_INTERVAL",
-            slot_s, quiet.period_s, quiet.busy_s,
-        )  # fmt: skip
+            "bandwidth: tests of %.0fs do not fit between the mesh and traceroute rounds; rounds that "
+            "overlap a test measure the links it fills (lengthen NETRING_CHECK_INTERVAL or shorten the tests)",
+            slot_s,
+        )
     if rounds > len(slots):
         log.warning(
             "bandwidth: %d edge members need %d slots of %.0fs, an interval of %ds holds %d: "
@@ -169,23 +169,32 @@ def plan_bandwidth_round(now: datetime | None = None) -> BandwidthPlan | None:
     return BandwidthPlan(number, now, interval, slot_s, tests, len(slots), rounds)
 
 
-def mesh_quiet(now: datetime) -> pairing.Quiet | None:
-    """When mesh rounds run, from the last dispatch on: their windows for the slots to avoid.
+def quiet_windows(now: datetime) -> list[pairing.Quiet]:
+    """When mesh and traceroute rounds run, from their last dispatch on: windows for the slots
+    to keep out of.
 
-    A bandwidth test fills the links it crosses; a mesh round during it would read the test's
-    queue as latency, jitter and loss of those paths. A round is dispatched every interval of
-    its beat entry and takes at most ``services.round_seconds()`` (plus a second for the task
-    to reach the edges and its results to be stored). None before the first round.
+    A bandwidth test fills the links it crosses. A mesh round meanwhile would read the test's
+    queue as latency, jitter and loss of those paths, and a traceroute as the hops' latency
+    (a false bottleneck). Rounds are dispatched every interval of their beat entry; a mesh
+    round takes at most ``services.round_seconds()``, a traceroute round its deadline, plus a
+    second for the task to reach the edges and the results to be stored. A kind not dispatched
+    lately has no windows.
     """
-    last = services.broker().get(services.MESH_DISPATCHED)
-    if last is None:
-        return None
-    period = services.scheduled_interval(services.MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL)
-    return pairing.Quiet(
-        first_s=(float(last) - now.timestamp()) % period - period,
-        period_s=period,
-        busy_s=services.round_seconds() + 1.0,
-    )
+    kinds = [
+        (services.MESH_SCHEDULE, "mesh", settings.NETRING_CHECK_INTERVAL, services.round_seconds()),
+        (traceroute_services.SCHEDULE, "traceroute", settings.NETRING_TRACEROUTE_INTERVAL,
+         settings.NETRING_TRACEROUTE_DEADLINE),
+    ]  # fmt: skip
+    windows = []
+    for schedule, kind, default, busy in kinds:
+        last = services.broker().get(services.dispatched_key(kind))
+        if last is None:
+            continue
+        period = services.scheduled_interval(schedule, default)
+        windows.append(
+            pairing.Quiet(first_s=(float(last) - now.timestamp()) % period - period, period_s=period, busy_s=busy + 1.0)
+        )
+    return windows
 
 
 def _test(number: int, slot: int, source: Member, target: Member, not_after: float) -> dict[str, Any]:

@@ -43,7 +43,6 @@ def round_id(now: datetime, interval: int) -> int:
 
 
 MESH_SCHEDULE = "mesh round dispatch"  # the beat entry (netring_site.schedules)
-MESH_DISPATCHED = "netring:mesh:dispatched"  # Unix time of the last mesh round's dispatch
 
 
 def scheduled_interval(name: str, default: int) -> int:
@@ -80,11 +79,13 @@ def plan_mesh_round(now: datetime | None = None) -> RoundPlan | None:
     # The interval the admin set on the beat entry, not the variable's first value: rounds are
     # numbered by it, so with the variable's value a shortened schedule would see every other
     # dispatch as "already claimed".
-    plan = plan_round("mesh", scheduled_interval(MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL), now)
-    if plan is not None:
-        # When rounds run: bandwidth tests keep out of them (bandwidth_services.mesh_quiet).
-        broker().set(MESH_DISPATCHED, repr(plan.started.timestamp()), ex=3 * plan.interval)
-    return plan
+    return plan_round("mesh", scheduled_interval(MESH_SCHEDULE, settings.NETRING_CHECK_INTERVAL), now)
+
+
+def dispatched_key(kind: str) -> str:
+    """Where the Unix time of the last round of ``kind`` is kept (bandwidth tests keep out of
+    mesh and traceroute rounds: ``bandwidth_services.quiet_windows``)."""
+    return f"netring:{kind}:dispatched"
 
 
 def plan_round(kind: str, interval: int, now: datetime | None = None) -> RoundPlan | None:
@@ -94,6 +95,7 @@ def plan_round(kind: str, interval: int, now: datetime | None = None) -> RoundPl
     number = round_id(now, interval)
     if not claim_round(kind, number, interval * 2):
         return None
+    broker().set(dispatched_key(kind), repr(now.timestamp()), ex=3 * interval)
     members = list(
         Member.objects.active(now)
         .select_related("location")

@@ -72,6 +72,22 @@ class Quiet:
         return t
 
 
+def clear_start(quiet: Sequence[Quiet], t: float, slot_s: float, latest: float) -> float | None:
+    """The earliest start from ``t`` on whose slot misses the windows of every one of ``quiet``;
+    None when there is none up to ``latest``."""
+    while t <= latest:
+        moved = False
+        for windows in quiet:
+            start = windows.clear_start(t, slot_s)
+            if start is None:
+                return None
+            if start != t:
+                t, moved = start, True  # always past the end of a window: this loop ends
+        if not moved:
+            return t
+    return None
+
+
 @dataclass(frozen=True)
 class Slot(Generic[T]):
     """One round of the schedule, placed in the interval: its tests start ``offset_s`` in."""
@@ -153,7 +169,7 @@ def plan_slots(
     cycle: int = 0,
     allowed: Callable[[T, T], bool] | None = None,
     exclusive: Callable[[T], Hashable] | None = None,
-    quiet: Quiet | None = None,
+    quiet: Sequence[Quiet] = (),
 ) -> tuple[list[Slot[T]], int]:
     """The slots of interval number ``cycle``, spread evenly across it; and the rounds in all.
 
@@ -164,7 +180,7 @@ def plan_slots(
 
     With ``exclusive`` no two tests of a slot share a group (:func:`exclusive_rounds`), else
     only members are exclusive (:func:`round_robin`). With ``quiet`` each slot moves forward,
-    as little as needed, out of the quiet windows, when every slot then still fits the interval
+    as little as needed, out of their windows, when every slot then still fits the interval
     (:func:`place`); otherwise they keep their even spacing.
     """
     flip = bool(cycle % 2)
@@ -182,19 +198,19 @@ def plan_slots(
         chosen = [rounds[(first + k) % len(rounds)] for k in range(fitting)]
     spacing = interval_s / len(chosen)
     offsets = [k * spacing for k in range(len(chosen))]
-    if quiet is not None:
+    if quiet:
         offsets = place(offsets, slot_s, interval_s, quiet) or offsets
     return [Slot(k, offset, pairs) for k, (offset, pairs) in enumerate(zip(offsets, chosen, strict=True))], len(rounds)
 
 
-def place(offsets: Sequence[float], slot_s: float, interval_s: float, quiet: Quiet) -> list[float] | None:
-    """``offsets`` (ascending) moved forward out of ``quiet``'s windows, one after the other so
+def place(offsets: Sequence[float], slot_s: float, interval_s: float, quiet: Sequence[Quiet]) -> list[float] | None:
+    """``offsets`` (ascending) moved forward out of the ``quiet`` windows, one after the other so
     that no two slots overlap; None when that is impossible within ``interval_s``."""
     placed: list[float] = []
     free_from = 0.0
     for offset in offsets:
-        start = quiet.clear_start(max(offset, free_from), slot_s)
-        if start is None or start + slot_s > interval_s:
+        start = clear_start(quiet, max(offset, free_from), slot_s, interval_s - slot_s)
+        if start is None:
             return None
         placed.append(start)
         free_from = start + slot_s

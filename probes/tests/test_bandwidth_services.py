@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from members import services as registry
-from probes import bandwidth_services, edge, services
+from probes import bandwidth_services, edge, services, traceroute_services
 from probes.checks import bandwidth, bandwidth_auth
 from probes.diagnostics_metrics import BandwidthMetrics
 from probes.edge import EdgeState, MemberEndpoint
@@ -107,25 +107,29 @@ def test_a_round_pairs_every_edge_of_other_locations_once_with_nobody_twice_in_a
     assert bandwidth_services.plan_bandwidth_round() is None  # a second beat in the interval
 
 
-def test_tests_keep_out_of_the_mesh_rounds(make_member: MakeMember, clean_broker: redis.Redis, settings: Any) -> None:
-    """A mesh round during a test would read the test's queue as the path's latency and loss."""
-    settings.NETRING_CHECK_INTERVAL, settings.NETRING_BANDWIDTH_TEST_INTERVAL = 60, 300
-    settings.NETRING_BANDWIDTH_TEST_DURATION = 5
+def test_tests_keep_out_of_the_mesh_and_traceroute_rounds(
+    make_member: MakeMember, clean_broker: redis.Redis, settings: Any
+) -> None:
+    """A round during a test would read the test's queue as the paths' latency and loss."""
+    settings.NETRING_CHECK_INTERVAL, settings.NETRING_TRACEROUTE_INTERVAL = 60, 300
+    settings.NETRING_BANDWIDTH_TEST_INTERVAL, settings.NETRING_BANDWIDTH_TEST_DURATION = 300, 5
     for n, location in enumerate(["us1", "eu1", "ap1"]):
         make_member(location, f"10.0.{n}.1", kind="edge")
-    mesh_at = timezone.now()
-    assert services.plan_mesh_round(mesh_at) is not None  # a round starts now...
+    rounds_at = timezone.now()
+    assert services.plan_mesh_round(rounds_at) is not None  # rounds start now...
+    assert traceroute_services.plan_traceroute_round(rounds_at) is not None
 
-    plan = bandwidth_services.plan_bandwidth_round(mesh_at + timedelta(seconds=0.5))  # ...the tests half a second later
+    plan = bandwidth_services.plan_bandwidth_round(rounds_at + timedelta(seconds=0.5))  # ...the tests 0.5 s later
 
     assert plan is not None
-    busy = services.round_seconds() + 1.0
+    mesh_busy = services.round_seconds() + 1.0
+    trace_busy = settings.NETRING_TRACEROUTE_DEADLINE + 1.0
     offsets = sorted({offset for offset, _ in plan.tests})
-    assert offsets[0] == pytest.approx(busy - 0.5)  # the first slot waits for the round to end
-    for offset in offsets:  # and no slot meets a later round (every 60 s from -0.5 s)
-        for k in range(6):
-            round_start = -0.5 + 60 * k
-            assert offset + plan.slot_s <= round_start or offset >= round_start + busy - 1e-9
+    assert offsets[0] == pytest.approx(max(mesh_busy, trace_busy) - 0.5)  # the first slot waits for both
+    windows = [(-0.5 + 60 * k, mesh_busy) for k in range(6)] + [(-0.5 + 300 * k, trace_busy) for k in range(2)]
+    for offset in offsets:
+        for start, busy in windows:
+            assert offset + plan.slot_s <= start or offset >= start + busy - 1e-9
 
 
 def test_the_round_follows_the_interval_set_in_the_admin(

@@ -8,7 +8,7 @@ from itertools import permutations
 
 import pytest
 
-from probes.checks.pairing import Quiet, place, plan_slots, round_robin, slot_seconds
+from probes.checks.pairing import Quiet, clear_start, place, plan_slots, round_robin, slot_seconds
 
 DIRECTIONS = ("download", "upload")  # what one test of a pair measures, from its source
 
@@ -147,7 +147,7 @@ def test_slots_keep_out_of_the_mesh_rounds_when_they_fit_between_them() -> None:
     quiet = Quiet(first_s=-1.0, period_s=60, busy_s=4)
     members = [f"m{i}" for i in range(4)]  # 3 slots, evenly 100 s apart
 
-    slots, _ = plan_slots(members, interval_s=300, slot_s=15, quiet=quiet)
+    slots, _ = plan_slots(members, interval_s=300, slot_s=15, quiet=[quiet])
 
     offsets = [slot.offset_s for slot in slots]
     assert windows_hit(offsets, 15, quiet, 300) == []
@@ -167,7 +167,7 @@ def test_placement_either_misses_every_window_or_keeps_the_even_spacing(seed: in
     interval, slot_s, count = rng.choice([300, 600, 900]), rng.choice([9, 15, 25, 45]), rng.randint(1, 12)
     even = [k * interval / count for k in range(count)]
 
-    placed = place(even, slot_s, interval, quiet)
+    placed = place(even, slot_s, interval, [quiet])
 
     if placed is None:  # no room: fine, as long as it says so rather than placing badly
         return
@@ -179,6 +179,17 @@ def test_placement_either_misses_every_window_or_keeps_the_even_spacing(seed: in
 def test_a_slot_longer_than_the_gap_between_rounds_cannot_be_placed() -> None:
     quiet = Quiet(first_s=0.0, period_s=10, busy_s=3)
     assert quiet.clear_start(0.0, 8) is None
-    assert place([0.0, 50.0], 8, 100, quiet) is None
-    slots, _ = plan_slots(["a", "b", "c"], interval_s=100, slot_s=8, quiet=quiet)
+    assert place([0.0, 50.0], 8, 100, [quiet]) is None
+    slots, _ = plan_slots(["a", "b", "c"], interval_s=100, slot_s=8, quiet=[quiet])
     assert [slot.offset_s for slot in slots] == [0.0, 100 / 3, 200 / 3]  # evenly spaced, as without
+
+
+def test_slots_keep_out_of_several_series_of_windows_at_once() -> None:
+    mesh = Quiet(first_s=0.0, period_s=60, busy_s=4)  # rounds at 0, 60, 120...
+    traceroute = Quiet(first_s=0.0, period_s=300, busy_s=11)  # a trace round at 0 for 11 s
+
+    placed = place([0.0, 100.0, 200.0], 15, 300, [mesh, traceroute])
+
+    assert placed == [11.0, 100.0, 200.0]  # after both rounds that start with the interval
+    assert clear_start([mesh, traceroute], 50.0, 15, 300) == 64.0  # 50-65 meets the round at 60
+    assert clear_start([mesh, traceroute], 290.0, 15, 300) is None  # nothing fits before the end
