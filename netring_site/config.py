@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import ipaddress
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -170,6 +171,32 @@ class Env:
     def check(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)
+
+
+def folder_secret(path: Path) -> str:
+    """The secret kept in ``path``, created on first use (development and demo keys).
+
+    Several processes may start at once on a fresh data folder (``make demo``, an edge worker
+    and a prober): each writes a candidate to a file of its own, then links it into place,
+    which only the first one manages. Everyone then reads that one, complete: never an empty or
+    half-written key, and never two processes signing with different keys. Readable by its
+    owner only from the first byte.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(candidate, path)
+        except FileExistsError:
+            pass  # another process was first: its key it is
+        finally:
+            candidate.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def _redact(url: str) -> str:

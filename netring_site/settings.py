@@ -7,14 +7,13 @@ message that names it (see ``netring_site.config``).
 from __future__ import annotations
 
 import re
-import secrets
 import sys
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import django_stubs_ext
 
-from netring_site.config import HOST_NAME, LOCATION_NAME, ConfigError, Env, is_ip
+from netring_site.config import HOST_NAME, LOCATION_NAME, ConfigError, Env, folder_secret, is_ip
 from probes.checks.pairing import SLOT_MARGIN_S as _SLOT_MARGIN_S
 
 django_stubs_ext.monkeypatch()
@@ -185,12 +184,7 @@ except ConfigError as exc:
 if not SECRET_KEY:
     # Development and demo: one key per data folder, kept across restarts. Production sets
     # NETRING_SECRET_KEY (or _FILE) so that every web replica signs sessions alike.
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    SECRET_KEY = key_file.read_text().strip()
+    SECRET_KEY = folder_secret(DATA_DIR / "secret_key")
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [

@@ -220,3 +220,22 @@ def test_it_checks_an_edges_identity_and_addresses_at_start() -> None:
 def test_it_accepts_every_documented_form_of_the_advertised_address(advertise: str) -> None:
     result = manage_check(NETRING_LOCATION="us-east.1", NETRING_ADVERTISE_IP=advertise, NETRING_MEMBER_BIND="::")
     assert result.returncode == 0, result.stderr
+
+
+def test_processes_starting_at_once_on_a_fresh_data_folder_share_one_complete_key(tmp_path: Path) -> None:
+    """``make demo`` and the tests start several processes on a new folder at the same moment:
+    each must read the same, whole key (an empty one stopped an edge worker; two different ones
+    would make members refuse each other's bandwidth tokens)."""
+    code = (
+        "import sys, pathlib; from netring_site.config import folder_secret; "
+        "print(folder_secret(pathlib.Path(sys.argv[1])))"
+    )
+    key = tmp_path / "data" / "secret_key"
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(key)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(12)
+    ]
+    keys = {racer.communicate(timeout=60)[0].strip() for racer in racers}
+    assert len(keys) == 1 and len(keys.pop()) >= 60
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in key.parent.iterdir()] == ["secret_key"]  # no candidate left behind
