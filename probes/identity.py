@@ -16,13 +16,12 @@ is the kernel's, so a worker killed with SIGKILL frees its slot too. Nothing her
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import uuid
 from pathlib import Path
 
-from probes.prober.ticks import atomic_write
+from probes.prober.ticks import atomic_write, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,8 @@ class IdentityClaim:
         for slot in range(max_slots):
             folder = directory / f"slot-{slot}"
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = try_lock(folder / "lock")
+            if fd is None:
                 continue
             self._fd = fd
             self.slot = slot

@@ -141,12 +141,10 @@ class FileProbeIdStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise RuntimeError(f"{path} is locked: another prober for this location is running") from None
+        fd = try_lock(path.with_name(path.name + ".lock"))
+        if fd is None:
+            raise RuntimeError(f"{path} is locked: another prober for this location is running")
+        self._lock_fd = fd
 
     def load(self) -> int | None:
         try:
@@ -167,6 +165,19 @@ class FileProbeIdStore:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = -1
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if missing): its descriptor, which holds the
+    lock until closed, or None when another process holds it. The kernel releases it when the
+    holder dies, even by SIGKILL."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -172,19 +172,7 @@ def minute_of_samples() -> list[ProberSample]:
         for source in (A, B):
             ok = not (20 <= second < 30 or (35 <= second < 45 and source == A))
             phases = {p: round(rng.uniform(1, 300), 3) for p in PHASES} if ok else {"total_ms": 1500.0}
-            samples.append(
-                ProberSample(
-                    ts=at(second),
-                    probe_id=1000 + second,
-                    location="us1",
-                    source=source,
-                    ok=ok,
-                    disconnected=not ok,
-                    status=200 if ok else None,
-                    error_class="" if ok else "timeout",
-                    **phases,
-                )
-            )
+            samples.append(sample_at(second, source, "" if ok else "timeout", **phases))
     # Another location, down all the time: must not leak into us1's figures.
     samples += [
         ProberSample(ts=at(s), probe_id=s, location="eu1", source=A, ok=False, disconnected=True) for s in range(60)
